@@ -1,0 +1,144 @@
+"""Model directories: teacher fingerprints and deriving a student from a teacher.
+
+A student is the teacher's architecture with fewer layers and/or a narrower width. When
+`init_from_teacher` is set it starts from the teacher's weights: student layer i copies teacher layer
+`select_layers(...)[i]`, and every tensor is sliced to the student's shape (leading block of each dim:
+whole heads, since the student keeps the teacher's head_dim). Llama-style configs (Llama, Mistral, Qwen2,
+Qwen3 …: `num_hidden_layers`, `hidden_size`, `num_attention_heads`, `intermediate_size`) are supported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from raykd.config import ConfigError, StudentConfig
+
+_LAYER_RE = re.compile(r"^(.*\.layers\.)(\d+)(\..*)$")
+
+
+def model_fingerprint(path: str) -> str:
+    """Cheap identity of a model directory: config + weight files' names, sizes and first/last MiB."""
+    p = Path(path)
+    h = hashlib.sha256()
+    if not p.is_dir():  # a hub id: the name is all we know without downloading
+        h.update(path.encode())
+        return h.hexdigest()[:16]
+    h.update((p / "config.json").read_bytes())
+    for f in sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")):
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(1 << 20))
+            if size > 2 << 20:
+                fh.seek(-(1 << 20), 2)
+                h.update(fh.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def check_model_dir(path: str, what: str) -> None:
+    """Fail early with one line if a local model directory is missing its config or weights."""
+    p = Path(path)
+    if not p.exists():
+        if path.startswith(("/", ".", "~")) or p.suffix or "/" not in path or path.count("/") > 1:
+            raise ConfigError(f"{what}: model path not found: {path}")
+        return  # looks like a hub id ("org/name"); it must be in the local HF cache
+    if not (p / "config.json").is_file():
+        raise ConfigError(f"{what}: {path} has no config.json (not a Hugging Face model directory)")
+    if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
+        raise ConfigError(f"{what}: {path} has no weights (*.safetensors)")
+
+
+def select_layers(selection: str | list[int], n_teacher: int, n_student: int) -> list[int]:
+    """Which teacher layer initialises each student layer."""
+    if isinstance(selection, list):
+        if len(selection) != n_student:
+            raise ConfigError(f"student.layer_selection lists {len(selection)} layers, student has {n_student}")
+        bad = [i for i in selection if not 0 <= i < n_teacher]
+        if bad:
+            raise ConfigError(f"student.layer_selection: {bad} outside the teacher's layers 0..{n_teacher - 1}")
+        return list(selection)
+    if n_student > n_teacher:
+        raise ConfigError(f"student.num_layers={n_student} exceeds the teacher's {n_teacher} layers")
+    if selection == "first":
+        return list(range(n_student))
+    if selection == "last":
+        return list(range(n_teacher - n_student, n_teacher))
+    if n_student == 1:
+        return [n_teacher - 1]
+    return [round(i * (n_teacher - 1) / (n_student - 1)) for i in range(n_student)]
+
+
+def derive_student_config(teacher_config: Any, cfg: StudentConfig) -> Any:
+    """A copy of the teacher's HF config with the student's depth and width."""
+    needed = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
+    missing = [a for a in needed if not hasattr(teacher_config, a)]
+    if missing:
+        raise ConfigError(f"student derivation needs a Llama-style teacher config; {teacher_config.model_type} lacks {missing}")
+    sc = teacher_config.__class__.from_dict(teacher_config.to_dict())
+    t_hidden, t_heads = teacher_config.hidden_size, teacher_config.num_attention_heads
+    head_dim = getattr(teacher_config, "head_dim", None) or t_hidden // t_heads
+    hidden = cfg.hidden_size or t_hidden
+    if hidden > t_hidden:
+        raise ConfigError(f"student.hidden_size={hidden} exceeds the teacher's {t_hidden}")
+    heads = cfg.num_heads or max(1, hidden // head_dim)
+    if hidden % heads:
+        raise ConfigError(f"student.hidden_size={hidden} is not divisible by num_heads={heads}")
+    t_kv = getattr(teacher_config, "num_key_value_heads", None) or t_heads
+    kv = max(1, heads * t_kv // t_heads)
+    while heads % kv:
+        kv -= 1
+    inter = cfg.intermediate_size or max(8, round(teacher_config.intermediate_size * hidden / t_hidden / 8) * 8)
+    sc.num_hidden_layers = cfg.num_layers or teacher_config.num_hidden_layers
+    sc.hidden_size, sc.num_attention_heads, sc.num_key_value_heads = hidden, heads, kv
+    sc.intermediate_size = inter
+    if hasattr(sc, "head_dim"):
+        sc.head_dim = hidden // heads
+    if getattr(sc, "layer_types", None):
+        sc.layer_types = sc.layer_types[: sc.num_hidden_layers]
+    return sc
+
+
+def init_from_teacher(student, teacher_state: dict, layer_map: list[int]) -> list[str]:
+    """Copy teacher tensors into `student` (layer-mapped, sliced to shape). Returns the names not copied."""
+    import torch
+
+    skipped = []
+    with torch.no_grad():
+        for name, param in student.state_dict().items():
+            m = _LAYER_RE.match(name)
+            src = f"{m.group(1)}{layer_map[int(m.group(2))]}{m.group(3)}" if m else name
+            t = teacher_state.get(src)
+            if t is None or t.ndim != param.ndim or any(a < b for a, b in zip(t.shape, param.shape)):
+                skipped.append(name)
+                continue
+            param.copy_(t[tuple(slice(0, n) for n in param.shape)].to(param.dtype))
+    return skipped
+
+
+def build_student(teacher_path: str, cfg: StudentConfig, seed: int = 0):
+    """Derive and (optionally) initialise the student; returns (student_model, teacher_config)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    t_config = AutoConfig.from_pretrained(teacher_path)
+    s_config = derive_student_config(t_config, cfg)
+    layer_map = select_layers(cfg.layer_selection, t_config.num_hidden_layers, s_config.num_hidden_layers)
+    torch.manual_seed(seed)
+    student = AutoModelForCausalLM.from_config(s_config, dtype=torch.float32)
+    if cfg.init_from_teacher:
+        teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=torch.float32)
+        init_from_teacher(student, teacher.state_dict(), layer_map)
+        del teacher
+    return student, t_config
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

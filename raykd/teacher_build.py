@@ -1,0 +1,443 @@
+"""Build the tiny offline teacher: a small Llama pre-trained on CPU on raykd's generated corpus.
+
+When no real teacher is configured (`teacher.path: null`), raykd builds one once and caches it:
+
+    path = ensure_tiny_teacher(cfg.teacher.build)      # <cache>/teachers/tiny-<fingerprint>
+    model = AutoModelForCausalLM.from_pretrained(path)  # an ordinary HF model directory
+
+The directory holds `config.json`, `generation_config.json`, `model.safetensors`, `tokenizer.json`,
+`tokenizer_config.json` and `raykd_teacher.json` (the build config, its fingerprint, losses and
+timings). The recipe: `generate_corpus(cfg.corpus_chars, cfg.seed)` → byte-level BPE tokenizer
+(`<|endoftext|>` is bos, eos and pad) → `LlamaForCausalLM` trained with AdamW on random blocks of
+`seq_len` tokens from the first 95 % of the token stream, then scored on the last 5 %.
+
+Training stops at `max_steps` or when `max_minutes` (counted from the start of the build) would be
+exceeded, whichever comes first. The learning-rate schedule (short linear warm-up, cosine decay to
+10 % of `lr`) follows progress = max(step / max_steps, elapsed / budget), so it is planned on
+`max_steps` but still reaches its floor when the time budget ends first. With a binding time budget
+the result therefore depends on the machine's speed; with a binding step budget it is deterministic.
+
+A build is written into a temporary directory beside the destination and moved into place with
+`os.replace` at the end, so a killed or failed build never leaves a half-written teacher behind.
+`ensure_tiny_teacher` also holds an `fcntl` lock per fingerprint so concurrent processes build a
+given teacher only once.
+
+    python -m raykd.teacher_build --out /tmp/teacher --set max_minutes=2 --set num_layers=2
+
+torch, transformers and tokenizers are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from raykd.config import ConfigError, TinyTeacherConfig, default_cache_dir, parse_overrides
+from raykd.corpus import generate_corpus
+
+__all__ = [
+    "EOT",
+    "META_FILE",
+    "TEACHER_FORMAT",
+    "build_tiny_teacher",
+    "ensure_tiny_teacher",
+    "teacher_fingerprint",
+    "train_tokenizer",
+]
+
+# Bump when the corpus grammar or the build recipe changes: cached teachers are then rebuilt.
+TEACHER_FORMAT = 1
+EOT = "<|endoftext|>"
+META_FILE = "raykd_teacher.json"
+VAL_FRACTION = 0.05
+_MAX_VAL_BLOCKS = 64
+_LOG_EVERY_S = 10.0
+
+
+def teacher_fingerprint(cfg: TinyTeacherConfig) -> str:
+    """First 16 hex chars of sha256 over the canonical JSON of `cfg` and `TEACHER_FORMAT`."""
+    payload = json.dumps(
+        {"format": TEACHER_FORMAT, "cfg": cfg.model_dump(mode="json")}, sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _log(enabled: bool, msg: str) -> None:
+    if enabled:
+        print(f"[raykd.teacher] {msg}", file=sys.stderr, flush=True)
+
+
+def _fmt_s(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+# --------------------------------------------------------------------------------------------- tokenizer
+def train_tokenizer(text: str, vocab_size: int, max_length: int):
+    """A byte-level BPE (GPT-2 style) trained on `text`, as a `PreTrainedTokenizerFast`.
+
+    The vocabulary can end up smaller than `vocab_size`: merges never cross word boundaries, so a
+    corpus with a few hundred words runs out of merges first.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    chunk = 65_536
+    tok.train_from_iterator((text[i : i + chunk] for i in range(0, len(text), chunk)), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=EOT,
+        eos_token=EOT,
+        pad_token=EOT,
+        model_max_length=max_length,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+# --------------------------------------------------------------------------------------------- model
+def _make_model(cfg: TinyTeacherConfig, vocab_size: int, eot_id: int):
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    mcfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        head_dim=cfg.hidden_size // cfg.num_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=False,
+        bos_token_id=eot_id,
+        eos_token_id=eot_id,
+        pad_token_id=eot_id,
+        dtype="float32",
+    )
+    model = LlamaForCausalLM(mcfg)
+    model.generation_config = GenerationConfig(bos_token_id=eot_id, eos_token_id=eot_id, pad_token_id=eot_id)
+    return model
+
+
+def _lr_factor(step: int, warmup: int, progress: float) -> float:
+    """Linear warm-up over `warmup` steps, then cosine from 1 to 0.1 as progress goes 0 → 1."""
+    if step < warmup:
+        return (step + 1) / warmup
+    p = min(1.0, max(0.0, progress))
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def _pretrain(
+    model, train_ids, cfg: TinyTeacherConfig, *, deadline: float, progress: bool
+) -> dict[str, Any]:
+    """AdamW on random `seq_len` blocks of `train_ids` until max_steps or `deadline` (monotonic)."""
+    import torch
+    import torch.nn.functional as F
+
+    n = train_ids.numel()
+    span = cfg.seq_len + 1
+    if n < span + 1:
+        raise ValueError(
+            f"corpus has {n} training tokens, fewer than seq_len + 2 = {span + 1}; raise corpus_chars or lower seq_len"
+        )
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    offsets_range = torch.arange(span)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+    warmup = max(1, min(20, cfg.max_steps // 20))
+    model.train()
+
+    t_start = time.monotonic()
+    budget = max(1e-6, deadline - t_start)
+    losses: list[float] = []
+    loss_log: list[list[float]] = []
+    step_s = 0.0  # EMA of seconds per step
+    last_log = t_start
+    stopped_by = "max_steps"
+    step = 0
+    while step < cfg.max_steps:
+        now = time.monotonic()
+        if step > 0 and now + step_s > deadline:
+            stopped_by = "max_minutes"
+            break
+        progress_frac = max(step / cfg.max_steps, (now - t_start) / budget)
+        lr = cfg.lr * _lr_factor(step, warmup, progress_frac)
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+        starts = torch.randint(0, n - span, (cfg.batch_size,), generator=gen)
+        block = train_ids[starts[:, None] + offsets_range].long()
+        logits = model(input_ids=block[:, :-1]).logits
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), block[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+        step += 1
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"teacher pre-training diverged at step {step} (loss {value}); lower lr")
+        losses.append(value)
+        t = time.monotonic()
+        dt = t - now
+        step_s = dt if step == 1 else 0.8 * step_s + 0.2 * dt
+        if step == 1 or step == cfg.max_steps or t - last_log >= _LOG_EVERY_S:
+            last_log = t
+            recent = sum(losses[-10:]) / len(losses[-10:])
+            loss_log.append([step, round(recent, 4)])
+            elapsed = t - t_start
+            tok_s = step * cfg.batch_size * cfg.seq_len / max(elapsed, 1e-9)
+            eta = min((cfg.max_steps - step) * step_s, max(0.0, deadline - t))
+            _log(
+                progress,
+                f"step {step}/{cfg.max_steps}  loss {recent:.4f}  lr {lr:.2e}  {tok_s:,.0f} tok/s  "
+                f"elapsed {_fmt_s(elapsed)}  eta {_fmt_s(eta)}",
+            )
+    seconds = time.monotonic() - t_start
+    tail = losses[-10:]
+    if loss_log[-1][0] != step:
+        loss_log.append([step, round(sum(tail) / len(tail), 4)])
+    return {
+        "steps": step,
+        "stopped_by": stopped_by,
+        "first_loss": losses[0],
+        "train_loss": sum(tail) / len(tail),
+        "tokens_seen": step * cfg.batch_size * cfg.seq_len,
+        "train_seconds": seconds,
+        "tokens_per_s": step * cfg.batch_size * cfg.seq_len / max(seconds, 1e-9),
+        "loss_log": loss_log,
+    }
+
+
+def _evaluate(model, train_ids, val_ids, seq_len: int, vocab_size: int) -> dict[str, float]:
+    """Mean next-token loss (nats) on the held-out tail, and a unigram baseline for scale."""
+    import torch
+    import torch.nn.functional as F
+
+    span = min(seq_len + 1, val_ids.numel())
+    nblocks = min(_MAX_VAL_BLOCKS, val_ids.numel() // span)
+    if nblocks < 1 or span < 2:
+        return {"val_loss": float("nan"), "unigram_val_loss": float("nan"), "val_tokens": 0}
+    blocks = val_ids[: nblocks * span].long().view(nblocks, span)
+    model.eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for chunk in blocks.split(16):
+            logits = model(input_ids=chunk[:, :-1]).logits
+            total += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), chunk[:, 1:].reshape(-1), reduction="sum"))
+            count += chunk[:, 1:].numel()
+    counts = torch.bincount(train_ids.long(), minlength=vocab_size).double() + 1.0
+    logp = (counts / counts.sum()).log()
+    unigram = float(-logp[blocks[:, 1:].reshape(-1)].mean())
+    return {"val_loss": total / count, "unigram_val_loss": unigram, "val_tokens": count}
+
+
+# --------------------------------------------------------------------------------------------- build
+def _install(tmp: Path, out_dir: Path) -> None:
+    """Move the finished build into place; an existing teacher at `out_dir` is replaced."""
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        os.replace(out_dir, old / "x")
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+def build_tiny_teacher(
+    cfg: TinyTeacherConfig, out_dir: Path, *, progress: bool = True, num_threads: int | None = None
+) -> Path:
+    """Generate the corpus, train tokenizer and model, and write an HF model directory at `out_dir`.
+
+    `num_threads`: torch intra-op threads during the build (default `os.cpu_count()`; restored
+    afterwards). Returns `out_dir`. Any existing directory there is replaced only on success.
+    """
+    t0 = time.monotonic()
+    deadline = t0 + cfg.max_minutes * 60.0
+    out_dir = Path(out_dir).expanduser().absolute()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    fingerprint = teacher_fingerprint(cfg)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700
+    try:
+        timings: dict[str, float] = {}
+        t = time.monotonic()
+        import torch
+        import transformers
+        from transformers.utils import logging as hf_logging
+
+        timings["imports"] = time.monotonic() - t
+        threads = num_threads or os.cpu_count() or 1
+        _log(progress, f"building tiny teacher {fingerprint} -> {out_dir} ({threads} threads, budget {_fmt_s(cfg.max_minutes * 60)})")
+
+        t = time.monotonic()
+        text = generate_corpus(cfg.corpus_chars, cfg.seed)
+        timings["corpus"] = time.monotonic() - t
+
+        t = time.monotonic()
+        tokenizer = train_tokenizer(text, cfg.vocab_size, cfg.max_position_embeddings)
+        timings["tokenizer"] = time.monotonic() - t
+
+        t = time.monotonic()
+        ids = torch.tensor(tokenizer.backend_tokenizer.encode(text).ids, dtype=torch.int32)
+        timings["tokenize"] = time.monotonic() - t
+        vocab = len(tokenizer)
+        n_val = max(1, int(ids.numel() * VAL_FRACTION))
+        train_ids, val_ids = ids[:-n_val], ids[-n_val:]
+        _log(
+            progress,
+            f"corpus {len(text):,} chars -> {ids.numel():,} tokens (vocab {vocab}, {len(text) / ids.numel():.2f} chars/token); "
+            f"corpus {timings['corpus']:.1f}s, tokenizer {timings['tokenizer']:.1f}s, encode {timings['tokenize']:.1f}s",
+        )
+
+        with _torch_threads(threads), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            t = time.monotonic()
+            model = _make_model(cfg, vocab, tokenizer.convert_tokens_to_ids(EOT))
+            timings["model_init"] = time.monotonic() - t
+            n_params = sum(p.numel() for p in model.parameters())
+            _log(progress, f"model: {n_params / 1e6:.2f}M parameters; pre-training on {train_ids.numel():,} tokens")
+            stats = _pretrain(model, train_ids, cfg, deadline=deadline, progress=progress)
+            timings["train"] = stats.pop("train_seconds")
+
+            t = time.monotonic()
+            ev = _evaluate(model, train_ids, val_ids, cfg.seq_len, vocab)
+            timings["eval"] = time.monotonic() - t
+
+        t = time.monotonic()
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # "Writing model shards" for a single small file
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        tokenizer.save_pretrained(tmp)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask)
+        timings["save"] = time.monotonic() - t
+        timings["total"] = time.monotonic() - t0
+
+        meta = {
+            "format": TEACHER_FORMAT,
+            "fingerprint": fingerprint,
+            "config": cfg.model_dump(mode="json"),
+            "vocab_size": vocab,
+            "num_parameters": n_params,
+            "corpus_tokens": int(ids.numel()),
+            "train_tokens": int(train_ids.numel()),
+            **stats,
+            **ev,
+            "seconds": {k: round(v, 3) for k, v in timings.items()},
+            "threads": threads,
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        }
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        _install(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _log(
+        progress,
+        f"done in {_fmt_s(timings['total'])}: {stats['steps']} steps ({stats['stopped_by']}), "
+        f"train loss {stats['train_loss']:.3f}, held-out loss {ev['val_loss']:.3f} (unigram {ev['unigram_val_loss']:.3f})",
+    )
+    return out_dir
+
+
+def _is_complete(path: Path) -> bool:
+    return (path / META_FILE).is_file()
+
+
+def ensure_tiny_teacher(cfg: TinyTeacherConfig, cache_dir: Path | None = None) -> Path:
+    """`<cache_dir>/teachers/tiny-<fingerprint>`, built first if it is not there yet.
+
+    `cache_dir` defaults to `raykd.config.default_cache_dir()`. Safe to call from several processes
+    at once: one builds while the others wait on the lock, then all return the same directory.
+    """
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    teachers = root / "teachers"
+    out = teachers / f"tiny-{teacher_fingerprint(cfg)}"
+    if _is_complete(out):
+        return out
+    teachers.mkdir(parents=True, exist_ok=True)
+    with open(teachers / f"{out.name}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _log(True, f"waiting for another process that is building {out}")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if _is_complete(out):
+                return out
+            # Leftovers of a build of this teacher that was killed (we hold its lock, so none is running).
+            for stale in teachers.glob(f".{out.name}.*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            build_tiny_teacher(cfg, out)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m raykd.teacher_build", description="Build the tiny offline teacher (an HF model directory)."
+    )
+    parser.add_argument("--out", type=Path, help="Build into this directory (replaced if present). Default: the cache.")
+    parser.add_argument("--cache-dir", type=Path, help="Cache root when --out is not given (default $RAYKD_CACHE).")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="TinyTeacherConfig field, repeatable."
+    )
+    parser.add_argument("--threads", type=int, help="torch threads with --out (default: all CPUs).")
+    args = parser.parse_args(argv)
+    try:
+        cfg = TinyTeacherConfig.model_validate(parse_overrides(args.overrides))
+    except (ConfigError, ValueError) as e:  # ValueError: pydantic's ValidationError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.out is not None:
+        path = build_tiny_teacher(cfg, args.out, num_threads=args.threads)
+    else:
+        path = ensure_tiny_teacher(cfg, args.cache_dir)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
