@@ -1,7 +1,10 @@
 """The `raykd` command.
 
     raykd distill  --config jobs/configs/quickstart.yaml [key=value ...]
+    raykd pipeline --config jobs/configs/pipeline_three_stage.yaml [key=value ...]
+    raykd capture  --config jobs/configs/capture.yaml [key=value ...]   # teacher signals -> Parquet shards
     raykd build-teacher [--out DIR] [key=value ...]     # the offline tiny teacher (cached)
+    raykd sweep    --config jobs/configs/sweep_asha.yaml [--resume] [key=value ...]   # Ray Tune, one teacher
 
 Config problems end with one line `raykd: error: <field>: <problem>` and exit code 2, before any
 cluster starts or model loads.
@@ -20,6 +23,16 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="distil a teacher into a student (teacher on Serve, student on Train)")
     p.add_argument("--config", help="YAML file (see jobs/configs/)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. loss.alpha=0.7")
+    p = sub.add_parser("pipeline", help="run distillation stages in order (general → instruction → domain), one MLflow tree")
+    p.add_argument("--config", required=True, help="YAML file (see jobs/configs/pipeline_three_stage.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides; stages by name: stages.domain.loss.alpha=0.9")
+    p = sub.add_parser("sweep", help="Ray Tune over temperature / alpha / schedules / lr, one shared teacher")
+    p.add_argument("--config", required=True, help="sweep YAML (see jobs/configs/sweep_asha.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this name (Tune restore)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. num_samples=8 asha.grace_period=20")
+    p = sub.add_parser("capture", help="score a dataset once with the teacher (Ray Data) into Parquet shards")
+    p.add_argument("--config", help="YAML file (see jobs/configs/capture.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. top_k=32")
     p = sub.add_parser("build-teacher", help="build (or find in the cache) the offline tiny teacher")
     p.add_argument("--out", help="directory to write; default: the raykd cache")
     p.add_argument("overrides", nargs="*", help="TinyTeacherConfig fields, e.g. max_minutes=2")
@@ -29,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from raykd.config import ConfigError
 
     try:
@@ -37,6 +52,25 @@ def main(argv: list[str] | None = None) -> int:
             from raykd.distill import run_distill
 
             run_distill(load_config(DistillConfig, args.config, args.overrides))
+        elif args.command == "pipeline":
+            from raykd.pipeline import run_pipeline
+            from raykd.pipeline_config import load_pipeline_config
+
+            run_pipeline(load_pipeline_config(args.config, args.overrides))
+        elif args.command == "sweep":
+            from raykd.sweep import SweepInterrupted, run_sweep
+            from raykd.sweep_config import load_sweep
+
+            try:
+                run_sweep(*load_sweep(args.config, args.overrides), resume=args.resume)
+            except SweepInterrupted as e:
+                print(f"raykd: {e}; continue with: raykd sweep --config {args.config} --resume", file=sys.stderr)
+                return 130
+        elif args.command == "capture":
+            from raykd.capture import run_capture
+            from raykd.config import CaptureConfig, load_config
+
+            print(run_capture(load_config(CaptureConfig, args.config, args.overrides))["output_dir"])
         elif args.command == "build-teacher":
             from pathlib import Path
 

@@ -11,13 +11,24 @@ import logging
 import os
 
 
+# Worker processes inherit these: no tokenizer thread pools fighting Train workers for cores, no
+# per-process weight-loading progress bars interleaved in the job log.
+QUIET_ENV = {
+    "PYTHONWARNINGS": "ignore::DeprecationWarning",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+}
+
+
 def init_ray(logical_cpus_needed: float) -> bool:
     """Connect to or start Ray. Returns True when this call started (and so should stop) the cluster."""
     import ray
 
+    os.environ.update({k: os.environ.get(k, v) for k, v in QUIET_ENV.items()})
     if ray.is_initialized():
         return False
-    env = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning", "TOKENIZERS_PARALLELISM": "false"}}
+    env = {"env_vars": QUIET_ENV}
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, runtime_env=env, logging_level=logging.WARNING)
@@ -36,11 +47,6 @@ def init_ray(logical_cpus_needed: float) -> bool:
 def shutdown_ray(started: bool) -> None:
     import ray
 
+    # An embedded cluster takes its Serve apps with it; a shared cluster keeps the teacher for other jobs.
     if started and ray.is_initialized():
-        try:
-            from ray import serve
-
-            serve.shutdown()
-        except Exception:  # noqa: BLE001 - best effort on the way out
-            pass
         ray.shutdown()

@@ -37,14 +37,15 @@ class Prepared:
     tokenizer: Any
     train: np.ndarray  # (N, L) int32
     val: np.ndarray  # (M, L) int32
+    train_weights: np.ndarray | None = None  # (N, L) float32 per-token sample weights (data.weight_field)
 
 
 def prepare(cfg: DistillConfig, field: str = "data") -> Prepared:
     """All checks that need no cluster; builds the tiny teacher if none is given (cached)."""
-    from raykd.data import load_texts, split_blocks, tokenize_blocks
+    from raykd.data import load_weighted_texts, split_blocks, tokenize_weighted_blocks
     from raykd.models import check_model_dir, model_fingerprint
 
-    texts = load_texts(cfg.data, field)  # data errors first: they are the cheapest to fix
+    texts, weights = load_weighted_texts(cfg.data, field)  # data errors first: they are the cheapest to fix
     if cfg.teacher.path is not None:
         check_model_dir(cfg.teacher.path, "teacher.path")
         teacher_path = cfg.teacher.path
@@ -66,13 +67,26 @@ def prepare(cfg: DistillConfig, field: str = "data") -> Prepared:
         raise ConfigError(f"data.seq_len={cfg.data.seq_len} exceeds the teacher's max_position_embeddings={max_len}")
     if cfg.loss.top_k > t_config.vocab_size:
         raise ConfigError(f"loss.top_k={cfg.loss.top_k} exceeds the teacher's vocab_size={t_config.vocab_size}")
-    blocks = tokenize_blocks(texts, tokenizer, cfg.data.seq_len)
+    if cfg.teacher.backend == "vllm":  # what the engine would refuse (architecture, head size, k, length)
+        from raykd.teacher.vllm_backend import check_vllm_teacher
+
+        check_vllm_teacher(teacher_path, cfg.teacher, top_k=cfg.loss.top_k, seq_len=cfg.data.seq_len)
+    from raykd.objective import check_methods
+
+    check_methods(cfg, t_config)  # layer maps, head counts, layer selection against the real models
+    blocks, block_weights = tokenize_weighted_blocks(texts, weights, tokenizer, cfg.data.seq_len)
     if len(blocks) == 0:
         raise ConfigError(f"{field}.source: {cfg.data.source} yields no sequence of {cfg.data.seq_len} tokens")
     train, val = split_blocks(blocks, cfg.data.val_fraction, field)
     if cfg.data.max_sequences:
         train = train[: cfg.data.max_sequences]
-    return Prepared(teacher_path, model_fingerprint(teacher_path), tokenizer, train, val)
+    train_weights = None if block_weights is None else block_weights[: len(train)]
+    fingerprint = model_fingerprint(teacher_path)
+    if cfg.signals.offline_path:  # captured signals: this teacher's, covering every training sequence
+        from raykd.signal_cache import check_offline
+
+        check_offline(cfg.signals.offline_path, fingerprint, cfg.loss.top_k, t_config.vocab_size, train)
+    return Prepared(teacher_path, fingerprint, tokenizer, train, val, train_weights)
 
 
 def check_same_vocab(teacher_path: str, other_path: str, field: str) -> None:
@@ -92,7 +106,7 @@ def storage_root(cfg: DistillConfig) -> str:
 
 def fit_student(cfg: DistillConfig, name: str, loop_cfg: dict) -> Path:
     """Run the TorchTrainer; return the directory of its final checkpoint (resumes a same-named run)."""
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from raykd.train.loop import train_loop_per_worker
@@ -104,7 +118,9 @@ def fit_student(cfg: DistillConfig, name: str, loop_cfg: dict) -> Path:
         scaling_config=ScalingConfig(
             num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker={"CPU": tc.cpus_per_worker}
         ),
-        run_config=RunConfig(name=name, storage_path=storage_root(cfg)),
+        run_config=RunConfig(
+            name=name, storage_path=storage_root(cfg), checkpoint_config=CheckpointConfig(num_to_keep=2)
+        ),
     )
     result = trainer.fit()
     if result.checkpoint is None:
@@ -141,12 +157,51 @@ def student_init_ref(cfg: DistillConfig, teacher_path: str):
     return ray.put((student.config, state)), count_parameters(student)
 
 
-def run_distill(cfg: DistillConfig) -> dict[str, Any]:
+@dataclass
+class Trained:
+    handle: Any  # DeploymentHandle of the teacher app (still running)
+    student_dir: Path  # exported HF directory of the trained student
+    loop_cfg: dict  # the Train loop config it ran with (reused for the baseline)
+
+
+def train_in_run(cfg: DistillConfig, prep: Prepared, run_id: str, uri: str, train_name: str | None = None) -> Trained:
+    """Deploy the teacher, train the student into MLflow run `run_id`, export it. Ray must be up.
+
+    `train_name` names the Ray Train run (its checkpoints); default `cfg.run_name`. A second call with the
+    same name and storage path resumes from the last checkpoint (raykd/pipeline.py and sweeps reuse this).
+    The student is written to `<output_dir>/<run_name>/student` and logged as the run's `student/` artifact.
+    """
     import mlflow
     import ray
 
-    from raykd.cluster import init_ray, shutdown_ray
     from raykd.teacher.service import launch_teacher
+
+    tc = cfg.train
+    student_ref, student_params = student_init_ref(cfg, prep.teacher_path)
+    say(f"deploying teacher ({cfg.teacher.backend}, {cfg.teacher.num_replicas} replica(s))")
+    handle = launch_teacher(cfg.teacher, prep.teacher_path, prep.fingerprint)
+    info = handle.info.remote().result()
+    check_teacher_info(cfg, info, student_vocab=ray.get(student_ref)[0].vocab_size)
+    tokens, weights = prep.train, prep.train_weights
+    if cfg.seqkd.enabled:  # sequence-level KD: train on the teacher's continuations of the data's prompts
+        from raykd.seqkd import teacher_sequences
+
+        tokens, weights = teacher_sequences(handle, tokens, weights, cfg.seqkd, say)
+    tokens_ref = ray.put(tokens)
+    loop_cfg = dict(cfg=cfg.model_dump(), tokens_ref=tokens_ref, student_ref=student_ref,
+                    run_id=run_id, tracking_uri=uri, alpha_only_hard=False,
+                    weights_ref=None if weights is None else ray.put(weights))
+    say(f"training student ({student_params:,} params) on {tc.num_workers} worker(s), {tc.max_steps} steps")
+    ckpt = fit_student(cfg, train_name or cfg.run_name, loop_cfg)
+    student_dir = export_student(ckpt, prep.tokenizer, Path(cfg.output_dir) / cfg.run_name / "student")
+    mlflow.log_artifacts(str(student_dir), "student", run_id=run_id)
+    return Trained(handle, student_dir, loop_cfg)
+
+
+def run_distill(cfg: DistillConfig) -> dict[str, Any]:
+    import mlflow
+
+    from raykd.cluster import init_ray, shutdown_ray
     from raykd.tracking import resolve_tracking_uri, tracked_run
 
     prep = prepare(cfg)
@@ -159,30 +214,33 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
     with tracked_run(uri, cfg.mlflow.experiment, cfg.run_name, params, {"raykd.job": "distill"}) as run_id:
         try:
             started = init_ray(cfg.teacher.num_replicas * cfg.teacher.num_cpus + tc.num_workers * tc.cpus_per_worker)
-            student_ref, student_params = student_init_ref(cfg, prep.teacher_path)
-            say(f"deploying teacher ({cfg.teacher.backend}, {cfg.teacher.num_replicas} replica(s))")
-            handle = launch_teacher(cfg.teacher, prep.teacher_path, prep.fingerprint)
-            info = handle.info.remote().result()
-            check_teacher_info(cfg, info, student_vocab=ray.get(student_ref)[0].vocab_size)
-            tokens_ref = ray.put(prep.train)
-            loop_cfg = dict(cfg=cfg.model_dump(), tokens_ref=tokens_ref, student_ref=student_ref,
-                            run_id=run_id, tracking_uri=uri, alpha_only_hard=False)
-            say(f"training student ({student_params:,} params) on {tc.num_workers} worker(s), {tc.max_steps} steps")
-            ckpt = fit_student(cfg, cfg.run_name, loop_cfg)
+            trained = train_in_run(cfg, prep, run_id, uri)
+            handle, student_dir, loop_cfg = trained.handle, trained.student_dir, trained.loop_cfg
             out_root = Path(cfg.output_dir) / cfg.run_name
-            student_dir = export_student(ckpt, prep.tokenizer, out_root / "student")
-            mlflow.log_artifacts(str(student_dir), "student", run_id=run_id)
 
             dirs = {"kd student": student_dir}
             if cfg.eval.baseline:
                 base_cfg = cfg.model_copy(deep=True)
                 base_cfg.loss.alpha = 0.0
+                base_cfg.seqkd.enabled = False  # the baseline learns from the data, not from teacher text
                 with tracked_run(uri, cfg.mlflow.experiment, f"{cfg.run_name}-hard-only", flatten(base_cfg),
                                  {"raykd.job": "distill-baseline"}, parent_run_id=run_id) as base_id:
                     say("training the hard-label-only student (same budget, seed and initialisation)")
                     base_loop = dict(loop_cfg, cfg=base_cfg.model_dump(), run_id=base_id, alpha_only_hard=True)
+                    if cfg.seqkd.enabled:
+                        from raykd.seqkd import data_refs
+
+                        base_loop.update(data_refs(prep.train, prep.train_weights))
                     base_ckpt = fit_student(base_cfg, f"{cfg.run_name}-hard-only", base_loop)
                     dirs["hard-label student"] = export_student(base_ckpt, prep.tokenizer, out_root / "student-hard-only")
+
+            runs = {"kd": run_id, **({"hard-only": base_id} if cfg.eval.baseline else {})}
+            with tempfile.TemporaryDirectory() as tmp:
+                from raykd.plots import plot_histories
+
+                png = plot_histories(uri, runs, ["loss_hard", "loss_soft", "teacher_wait_fraction"],
+                                     Path(tmp) / "training_curves.png", cfg.run_name)
+                mlflow.log_artifact(str(png), run_id=run_id)
 
             say("evaluating on held-out text")
             table, rows = evaluate_all(cfg, prep, handle, dirs)

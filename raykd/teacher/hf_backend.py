@@ -9,6 +9,7 @@ teacher and student generation speed are measured by the same code.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -19,10 +20,16 @@ from raykd.signals import TeacherSignals
 
 @dataclass
 class Generation:
-    """Generated continuations: `tokens[b]` holds only the new tokens of prompt b."""
+    """Generated continuations: `tokens[b]` holds only the new tokens of prompt b.
+
+    `signals` (optional, vLLM backend with `logprobs_k > 0`): T = 1 top-k of every generated token, for
+    sequence-level KD. Row j of prompt b (rows offsets[b]:offsets[b+1]) is the distribution that produced
+    tokens[b][j]; its `target_logprob` is that token's log-prob.
+    """
 
     tokens: list[np.ndarray]
     seconds: float
+    signals: TeacherSignals | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -51,24 +58,62 @@ class HFTeacherBackend:
             if len(s) > self.max_model_len:
                 raise ValueError(f"sequence {i} has {len(s)} tokens > max_model_len {self.max_model_len}")
 
-    def score(self, sequences: list[np.ndarray], top_k: int) -> TeacherSignals:
-        """Top-k next-token log-probs (T = 1) at every position but the last of each sequence."""
+    def score(self, sequences: list[np.ndarray], top_k: int, extras: dict[str, list[int]] | None = None) -> TeacherSignals:
+        """Top-k next-token log-probs (T = 1) at every position but the last of each sequence.
+
+        `extras` adds, per row (position j of sequence b, as the top-k rows), float32 arrays in `signals.extras`:
+        "hidden_states": (N, P, hidden) for the P requested HF `hidden_states` indices (0 = embeddings,
+        l = output of layer l); "attentions": (N, P, heads, K) for the P requested 0-based layers: query j's
+        attention over keys 0..K-1, K = the longest sequence of the request (zeros past a sequence's end).
+        """
         self._check(sequences, top_k)
+        extras = {k: list(v) for k, v in (extras or {}).items() if v}
+        unknown = sorted(set(extras) - {"hidden_states", "attentions"})
+        if unknown:
+            raise ValueError(f"unknown extras {unknown}; this backend returns 'hidden_states' and 'attentions'")
+        key_width = max(len(s) for s in sequences)
         parts: list[TeacherSignals] = []
         batch: list[np.ndarray] = []
         longest = 0
         for seq in sequences:
             longest_if_added = max(longest, len(seq))
             if batch and longest_if_added * (len(batch) + 1) > self.max_batch_tokens:
-                parts.append(self._score_batch(batch, top_k))
+                parts.append(self._score_batch(batch, top_k, extras, key_width))
                 batch, longest_if_added = [], len(seq)
             batch.append(np.asarray(seq))
             longest = longest_if_added
         if batch:
-            parts.append(self._score_batch(batch, top_k))
+            parts.append(self._score_batch(batch, top_k, extras, key_width))
         return TeacherSignals.concat(parts)
 
-    def _score_batch(self, sequences: list[np.ndarray], top_k: int) -> TeacherSignals:
+    @contextlib.contextmanager
+    def _eager_attention(self, needed: bool):
+        """Switch to the eager attention kernel for one forward: SDPA does not return attention weights."""
+        before = self.model.config._attn_implementation
+        if needed and before != "eager":
+            self.model.set_attn_implementation("eager")
+        try:
+            yield
+        finally:
+            if self.model.config._attn_implementation != before:
+                self.model.set_attn_implementation(before)
+
+    def _extras(self, out, lengths: list[int], extras: dict[str, list[int]], key_width: int) -> dict[str, np.ndarray]:
+        """Row-aligned hidden states / attention maps of one forward (see `score`)."""
+        torch = self.torch
+        arrays = {}
+        if "hidden_states" in extras:
+            layers = torch.stack([out.hidden_states[i] for i in extras["hidden_states"]], 2)  # (B, L, P, H)
+            arrays["hidden_states"] = torch.cat([layers[b, : n - 1] for b, n in enumerate(lengths)]).float().cpu().numpy()
+        if "attentions" in extras:
+            maps = torch.stack([out.attentions[i] for i in extras["attentions"]], 1)  # (B, P, heads, L, L)
+            maps = maps.permute(0, 3, 1, 2, 4)  # (B, L, P, heads, L): rows are query positions
+            maps = torch.nn.functional.pad(maps, (0, key_width - maps.shape[-1]))
+            arrays["attentions"] = torch.cat([maps[b, : n - 1] for b, n in enumerate(lengths)]).float().cpu().numpy()
+        return arrays
+
+    def _score_batch(self, sequences: list[np.ndarray], top_k: int, extras: dict[str, list[int]] | None = None,
+                     key_width: int = 0) -> TeacherSignals:
         torch = self.torch
         lengths = [len(s) for s in sequences]
         width = max(lengths)
@@ -77,8 +122,11 @@ class HFTeacherBackend:
         for b, s in enumerate(sequences):
             ids[b, : len(s)] = torch.as_tensor(np.asarray(s, np.int64))
             attn[b, : len(s)] = 1
-        with torch.inference_mode():
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=attn.to(self.device)).logits
+        extras = extras or {}
+        with torch.inference_mode(), self._eager_attention("attentions" in extras):
+            out = self.model(input_ids=ids.to(self.device), attention_mask=attn.to(self.device),
+                             output_hidden_states="hidden_states" in extras, output_attentions="attentions" in extras)
+            logits = out.logits
             # Rows: positions 0 .. L_b - 2 of each sequence (the next-token distributions we have labels for).
             rows = torch.cat([logits[b, : n - 1] for b, n in enumerate(lengths)]).float()  # (N, V)
             targets = torch.cat([ids[b, 1:n] for b, n in enumerate(lengths)]).to(rows.device)  # (N,)
@@ -98,6 +146,7 @@ class HFTeacherBackend:
             tail.cpu().numpy(),
             target.cpu().numpy(),
             offsets,
+            self._extras(out, lengths, extras, key_width) if extras else {},
         )
 
     def generate(self, prompts: list[np.ndarray], max_new_tokens: int, temperature: float = 0.0) -> Generation:

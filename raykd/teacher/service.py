@@ -12,13 +12,16 @@ Any Ray process of the cluster (Train workers, Tune trials, other jobs) reaches 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from raykd.config import TeacherConfig
+from raykd.config import ConfigError, TeacherConfig
 from raykd.signals import TeacherSignals
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,9 @@ class TeacherInfo:
     vocab_size: int
     max_model_len: int
     max_top_k: int
+    replica: str = ""  # Serve replica id of the replica that answered
+    pid: int = 0  # its process id (its vLLM engine runs in child processes)
+    scored_requests: int = 0  # score requests that replica has answered so far (shows how load spreads)
 
 
 class Teacher:
@@ -53,28 +59,79 @@ class Teacher:
             from raykd.teacher.vllm_backend import VllmTeacherBackend  # noqa: PLC0415 (lazy: vLLM is heavy)
 
             self.backend = VllmTeacherBackend(model_path, cfg.vllm)
-            max_top_k = cfg.vllm.max_logprobs
+            max_top_k = self.backend.max_top_k  # min(teacher.vllm.max_logprobs, vocab_size)
         self.info_ = TeacherInfo(
             model_path, fingerprint, cfg.backend, self.backend.vocab_size, self.backend.max_model_len, max_top_k
         )
         self._lock = asyncio.Lock()
+        self._scored = 0
+        try:
+            from ray import serve
+
+            self.info_ = dataclasses.replace(self.info_, replica=serve.get_replica_context().replica_id.unique_id,
+                                             pid=os.getpid())
+        except Exception:  # noqa: BLE001 - constructed outside Serve (tests, benchmarks)
+            pass
 
     def info(self) -> TeacherInfo:
-        return self.info_
+        return dataclasses.replace(self.info_, scored_requests=self._scored)
 
-    async def score(self, token_ids: list[np.ndarray], top_k: int) -> TeacherSignals:
-        """Top-k T=1 log-probs for positions 0..L_b-2 of each sequence (see raykd/signals.py)."""
+    async def check_health(self) -> None:
+        """Serve's periodic probe: a replica whose vLLM engine died raises here and is replaced."""
+        if hasattr(self.backend, "check_health"):
+            await self.backend.check_health()
+
+    def __del__(self) -> None:  # graceful replica shutdown: stop the engine's child processes with it
+        shutdown = getattr(getattr(self, "backend", None), "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+
+    async def score(
+        self, token_ids: list[np.ndarray], top_k: int, extras: dict[str, list[int]] | None = None
+    ) -> TeacherSignals:
+        """Top-k T=1 log-probs for positions 0..L_b-2 of each sequence (see raykd/signals.py).
+
+        `extras` asks for intermediate representations in `signals.extras`, rows aligned with the top-k rows:
+        {"hidden_states": [HF hidden_states indices, 0 = embeddings], "attentions": [0-based layers]} (see
+        HFTeacherBackend.score). Only the hf backend can: vLLM returns log-probs, not hidden states or attention.
+        """
         if top_k > self.info_.max_top_k:
             raise ValueError(f"top_k={top_k} exceeds this teacher's max_top_k={self.info_.max_top_k}")
+        self._scored += 1
+        if extras:
+            if self.info_.backend != "hf":
+                raise ValueError(f"teacher backend '{self.info_.backend}' cannot return {sorted(extras)} (vLLM gives "
+                                 "log-probs only); use teacher.backend: hf for hidden-state or attention distillation")
+            async with self._lock:
+                return await asyncio.to_thread(self.backend.score, token_ids, top_k, extras)
         if hasattr(self.backend, "score_async"):
             return await self.backend.score_async(token_ids, top_k)
         async with self._lock:  # one forward at a time: concurrent ones would fight over the same cores
             return await asyncio.to_thread(self.backend.score, token_ids, top_k)
 
-    async def generate(self, prompts: list[np.ndarray], max_new_tokens: int, temperature: float = 0.0):
-        """Continuations of `prompts` (see the backend's `Generation`)."""
+    async def score_packed(
+        self, token_ids: list[np.ndarray], top_k: int, extras: dict[str, list[int]] | None = None
+    ) -> bytes:
+        """`score`, packed for the wire (raykd/signal_format.py: Arrow IPC, ~87 bytes/token at k=20 vs 168),
+        each row keyed by its sequence hash so the caller can cache it as is."""
+        from raykd.signal_format import pack, sequence_hash, to_ipc
+
+        signals = await self.score(token_ids, top_k, extras)
+        return to_ipc(pack(signals, vocab_size=self.info_.vocab_size, teacher_fingerprint=self.info_.fingerprint,
+                           seq_hashes=[sequence_hash(s) for s in token_ids]))
+
+    async def generate(self, prompts: list[np.ndarray], max_new_tokens: int, temperature: float = 0.0, *,
+                       top_p: float = 1.0, seed: int | None = None, logprobs_k: int = 0):
+        """Continuations of `prompts` (see the backend's `Generation`).
+
+        vllm backend only: `top_p`, `seed` (prompt b samples with seed + b) and `logprobs_k` (T = 1 top-k of
+        every generated token in `Generation.signals`, for sequence-level KD).
+        """
         if hasattr(self.backend, "generate_async"):
-            return await self.backend.generate_async(prompts, max_new_tokens, temperature)
+            return await self.backend.generate_async(prompts, max_new_tokens, temperature, top_p=top_p, seed=seed,
+                                                     logprobs_k=logprobs_k)
+        if top_p != 1.0 or seed is not None or logprobs_k:
+            raise ValueError("top_p, seed and logprobs_k of generate need teacher.backend: vllm")
         async with self._lock:
             return await asyncio.to_thread(self.backend.generate, prompts, max_new_tokens, temperature)
 
@@ -99,14 +156,34 @@ def launch_teacher(cfg: TeacherConfig, model_path: str, fingerprint: str) -> Any
     except Exception:  # no such app yet
         pass
 
-    gpus = cfg.num_gpus if cfg.backend == "hf" else max(cfg.num_gpus, 0.0)
+    # Handles are all we need: no HTTP proxy (nothing listens on a port). If Serve already runs on this
+    # cluster (e.g. a RayService with its own proxies), its settings are kept.
+    serve.start(proxy_location="Disabled", logging_config={"enable_access_log": False, "log_level": "WARNING"})
+    try:
+        return serve.run(teacher_app(cfg, model_path, fingerprint), name=cfg.app_name, route_prefix=None)
+    except RuntimeError as e:  # a replica constructor raised: surface its one-line ConfigError, not the traceback
+        found = re.search(r"ConfigError: ([^\n]+)", str(e))
+        if found:
+            raise ConfigError(found.group(1)) from None
+        raise
+
+
+def teacher_app(cfg: TeacherConfig, model_path: str, fingerprint: str) -> Any:
+    """The bound Serve application (replicas and resources from `cfg`); also built by raykd/teacher/app.py."""
+    from ray import serve
+
+    # vllm: num_gpus equals tensor_parallel_size (checked in TeacherConfig), one GPU per tensor-parallel rank,
+    # all visible to the replica, whose engine spawns its rank workers itself.
+    scale: dict[str, Any] = {"num_replicas": cfg.num_replicas}
+    if cfg.autoscaling is not None:
+        scale = {"autoscaling_config": cfg.autoscaling.model_dump()}
     deployment = serve.deployment(
         Teacher,
         name=DEPLOYMENT_NAME,
-        num_replicas=cfg.num_replicas,
+        **scale,
         max_ongoing_requests=cfg.max_ongoing_requests,
-        ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": gpus},
+        ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
         health_check_period_s=10,
+        logging_config={"enable_access_log": False, "log_level": "WARNING"},
     )
-    app = deployment.bind(model_path, cfg.model_dump(), fingerprint)
-    return serve.run(app, name=cfg.app_name, route_prefix=None)
+    return deployment.bind(model_path, cfg.model_dump(), fingerprint)

@@ -1,0 +1,144 @@
+"""`raykd capture`: score a whole dataset once with the teacher deployment (Ray Data) into Parquet shards.
+
+    raykd capture --config jobs/configs/capture.yaml [key=value ...]
+    ray job submit --working-dir . -- python jobs/capture.py --config jobs/configs/capture.yaml
+
+The token blocks are made exactly as `raykd distill` makes them (same `teacher` and `data` sections, same
+split), so training finds every captured sequence by its hash: as cache hits when the shards go to the
+signal cache (the default `output_dir`), or with `signals.offline_path: <output_dir>` and no teacher
+queries at all. Pipeline: blocks `(N, L)` → drop those already captured (a re-run resumes) →
+`ray.data.from_numpy` → `map_batches(ScoreShard)`: an actor pool of `concurrency` actors, each taking
+`sequences_per_shard` sequences, sending them to the Teacher deployment's `score_packed` in requests of
+`request_sequences` (all in flight at once), and writing the packed replies as one shard
+(raykd/signal_cache.py `write_shard`: atomic, page checksums) → the driver prints progress with rate and
+ETA from the actors' one-row summaries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raykd.config import CaptureConfig, ConfigError, DistillConfig, LossConfig, SignalsConfig
+
+
+def say(msg: str) -> None:
+    print(f"[raykd.capture] {msg}", file=sys.stderr, flush=True)
+
+
+class ScoreShard:
+    """Ray Data actor: one batch of sequences -> one shard of packed signals, written by the actor itself."""
+
+    def __init__(self, app_name: str, top_k: int, out_dir: str, request_sequences: int):
+        from raykd.teacher.service import teacher_handle
+
+        self.handle = teacher_handle(app_name)
+        self.top_k, self.out_dir, self.request_sequences = top_k, Path(out_dir), request_sequences
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import pyarrow as pa
+
+        from raykd.signal_cache import write_shard
+        from raykd.signal_format import from_ipc
+
+        start = time.perf_counter()
+        seqs = np.asarray(batch["data"], np.int32)  # (B, L)
+        step = self.request_sequences
+        replies = [self.handle.score_packed.remote(list(seqs[i : i + step]), self.top_k) for i in range(0, len(seqs), step)]
+        table = pa.concat_tables([from_ipc(r.result()) for r in replies])
+        # Named by content: a re-run that scores the same sequences replaces the shard instead of duplicating it.
+        name = "capture-" + hashlib.blake2b(b"".join(table.column("seq_hash").to_pylist()), digest_size=8).hexdigest()
+        path = write_shard(self.out_dir, table, name)
+        return {
+            "sequences": np.array([len(seqs)]),
+            "positions": np.array([int(np.sum(table.column("num_positions").to_numpy()))]),
+            "file_bytes": np.array([path.stat().st_size]),
+            "seconds": np.array([time.perf_counter() - start]),
+        }
+
+
+def blocks_to_capture(cfg: CaptureConfig):
+    """Prepared data (as raykd distill prepares it) and the blocks of the chosen split."""
+    from raykd.distill import prepare
+
+    prep = prepare(DistillConfig(teacher=cfg.teacher, data=cfg.data, loss=LossConfig(top_k=cfg.top_k)))
+    blocks = {"train": prep.train, "val": prep.val, "all": np.concatenate([prep.train, prep.val])}[cfg.split]
+    return prep, blocks
+
+
+def output_directory(cfg: CaptureConfig, fingerprint: str) -> Path:
+    if cfg.output_dir:
+        return Path(cfg.output_dir).expanduser()
+    from raykd.signal_cache import cache_directory
+
+    return cache_directory(SignalsConfig(cache_dir=cfg.cache_dir), fingerprint, cfg.top_k)
+
+
+def run_capture(cfg: CaptureConfig) -> dict[str, Any]:
+    import ray
+
+    from raykd.cluster import init_ray, shutdown_ray
+    from raykd.signal_cache import SignalStore
+    from raykd.signal_format import sequence_hash
+    from raykd.teacher.service import launch_teacher
+
+    prep, blocks = blocks_to_capture(cfg)
+    out = output_directory(cfg, prep.fingerprint)
+    vocab = len(prep.tokenizer)
+    todo = blocks
+    if not cfg.overwrite:
+        store = SignalStore(out, fingerprint=prep.fingerprint, top_k=cfg.top_k)  # reports foreign/corrupt shards
+        todo = blocks[[sequence_hash(s) not in store.index for s in blocks]] if len(store) else blocks
+    say(f"teacher {prep.teacher_path} ({prep.fingerprint}); {len(blocks)} {cfg.split} sequences of {cfg.data.seq_len} "
+        f"tokens, {len(blocks) - len(todo)} already captured; top_k={cfg.top_k}; shards -> {out}")
+    summary: dict[str, Any] = {"output_dir": str(out), "fingerprint": prep.fingerprint, "sequences": len(blocks),
+                               "skipped": len(blocks) - len(todo), "shards": 0, "positions": 0, "file_bytes": 0}
+    if len(todo) == 0:
+        return summary
+
+    tc = cfg.teacher
+    started = False
+    try:
+        started = init_ray(tc.num_replicas * tc.num_cpus + cfg.concurrency * cfg.num_cpus_per_actor + 1)
+        handle = launch_teacher(tc, prep.teacher_path, prep.fingerprint)
+        info = handle.info.remote().result()
+        if cfg.top_k > info.max_top_k:
+            raise ConfigError(f"top_k={cfg.top_k} exceeds the teacher's max_top_k={info.max_top_k}")
+        if info.vocab_size != vocab and vocab > info.vocab_size:
+            raise ConfigError(f"tokenizer has {vocab} tokens, the teacher's vocab_size is {info.vocab_size}")
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # our own line below carries rate and ETA
+        # One block per shard, so the actor pool gets work in parallel from the start.
+        blocks_in = [np.ascontiguousarray(todo[i : i + cfg.sequences_per_shard])
+                     for i in range(0, len(todo), cfg.sequences_per_shard)]
+        ds = ray.data.from_numpy(blocks_in).map_batches(
+            ScoreShard,
+            fn_constructor_kwargs=dict(app_name=tc.app_name, top_k=cfg.top_k, out_dir=str(out),
+                                       request_sequences=cfg.request_sequences),
+            batch_size=cfg.sequences_per_shard, batch_format="numpy", concurrency=cfg.concurrency,
+            num_cpus=cfg.num_cpus_per_actor,
+        )
+        start = time.perf_counter()
+        done = 0
+        for row in ds.iter_rows():
+            done += int(row["sequences"])
+            summary["shards"] += 1
+            summary["positions"] += int(row["positions"])
+            summary["file_bytes"] += int(row["file_bytes"])
+            elapsed = time.perf_counter() - start
+            rate = summary["positions"] / elapsed
+            eta = (len(todo) - done) * elapsed / done
+            say(f"{done}/{len(todo)} sequences ({done / len(todo):.0%}), {rate:,.0f} teacher tokens/s, "
+                f"{summary['file_bytes'] / summary['positions']:.1f} bytes/token on disk, eta {eta:.0f}s")
+        summary["seconds"] = time.perf_counter() - start
+        summary["tokens_per_s"] = summary["positions"] / summary["seconds"]
+        summary["bytes_per_token"] = summary["file_bytes"] / max(summary["positions"], 1)
+    finally:
+        shutdown_ray(started)
+    say(f"wrote {summary['shards']} shard(s), {summary['positions']:,} positions in {summary['seconds']:.1f}s -> {out}")
+    return summary

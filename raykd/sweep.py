@@ -1,0 +1,372 @@
+"""`raykd sweep`: Ray Tune over distillation runs (temperature, alpha, their schedules, divergence, top-k, lr),
+every trial querying one shared teacher, each trial an MLflow child run of the sweep's run.
+
+    raykd sweep --config jobs/configs/sweep_asha.yaml [key=value ...]
+    raykd sweep --config jobs/configs/sweep_asha.yaml --resume      # continue an interrupted sweep
+    raykd distill --config outputs/<name>/best.yaml                 # re-run the best trial as is
+
+The driver checks everything it can first (raykd/sweep_config.py: space, metric, scheduler vs search; then
+the base config's data and teacher, then every extreme value of the space against the deployed teacher),
+deploys the teacher once, puts the tokenised data and the student's initial weights in the object store
+once, and runs a Tuner whose trials (raykd/sweep_trial.py) are Ray Train runs of raykd/train/loop.py. Teacher
+memory is therefore one teacher, whatever the number of trials (benchmarks/sweep_teacher_memory.py).
+
+Outputs in <base.output_dir>/<name>/: best.yaml (a complete DistillConfig), results.md (one row per trial),
+curves.png (val_loss, temperature and alpha of every trial), and for PBT pbt_schedule.md (the values the
+best trial's weights were trained with, step by step). All are artifacts of the MLflow parent run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raykd.config import ConfigError, DistillConfig, default_cache_dir, flatten
+from raykd.distill import say
+from raykd.sweep_config import (
+    SweepConfig,
+    _validate,
+    clip_to_space,
+    decode_params,
+    pbt_mutations,
+    range_bounds,
+    tune_space,
+)
+
+TRIAL_ACTOR_CPUS = 0.01  # the trial actor only waits on its Train run; its workers reserve their own CPUs
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Tune stopped on SIGINT with trials left; `raykd sweep --resume` continues them."""
+
+
+@dataclass
+class TrialRow:
+    trial_id: str
+    values: dict[str, Any]
+    status: str
+    step: int
+    metric: float | None
+    checkpoint: str | None
+
+
+@dataclass
+class SweepOutcome:
+    parent_run_id: str
+    best: TrialRow
+    best_config: DistillConfig
+    export_path: Path
+    rows: list[TrialRow]
+    out_dir: Path
+
+
+def experiment_dir(sweep: SweepConfig) -> Path:
+    root = Path(sweep.storage_path).expanduser() if sweep.storage_path else default_cache_dir() / "sweeps"
+    return (root / sweep.name).resolve()
+
+
+def logical_cpus(sweep: SweepConfig, base: DistillConfig) -> float:
+    t, tc = base.teacher, base.train
+    replicas = t.autoscaling.max_replicas if t.autoscaling else t.num_replicas
+    teacher = replicas * t.num_cpus
+    per_trial = tc.num_workers * tc.cpus_per_worker + TRIAL_ACTOR_CPUS + (teacher if sweep.teacher_per_trial else 0)
+    return teacher + sweep.max_concurrent_trials * per_trial
+
+
+def total_trials(sweep: SweepConfig) -> int:
+    if sweep.search == "grid":
+        return sweep.num_samples * math.prod(len(d.choice) for d in sweep.space.values())
+    return sweep.num_samples
+
+
+def run_sweep(sweep: SweepConfig, base: DistillConfig, resume: bool = False) -> SweepOutcome:
+    from ray import tune
+
+    from raykd.cluster import init_ray, shutdown_ray
+    from raykd.distill import prepare
+    from raykd.sweep_trial import TrialShared, run_trial
+    from raykd.tracking import resolve_tracking_uri, tracked_run
+
+    exp_dir = experiment_dir(sweep)
+    if resume and not tune.Tuner.can_restore(str(exp_dir)):
+        raise ConfigError(f"--resume: no sweep '{sweep.name}' to resume at {exp_dir}")
+    if not resume and exp_dir.exists():
+        raise ConfigError(f"sweep '{sweep.name}' already exists at {exp_dir}: pass --resume to continue it, "
+                          "or choose another name")
+    prep = prepare(base)
+    say(f"sweep {sweep.name}: {total_trials(sweep)} trial(s), search {sweep.search}, scheduler {sweep.scheduler}, "
+        f"metric {sweep.metric} ({sweep.mode}); {len(prep.train)} train / {len(prep.val)} held-out sequences")
+    uri = resolve_tracking_uri(base.mlflow)
+    params = {k: v for k, v in flatten(sweep).items() if not k.startswith("base")}
+    params.update(flatten(base, "base."))
+    train_storage = exp_dir.parent / f"{sweep.name}.train-runs"
+    # Train workers wait for their CPUs while other trials hold them; Ray Train's 60 s default would fail them.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "900")
+    started = False
+    with tracked_run(uri, base.mlflow.experiment, sweep.name, params, {"raykd.job": "sweep"}) as parent_id:
+        try:
+            started = init_ray(logical_cpus(sweep, base))
+            refs = _shared_inputs(sweep, base, prep)
+            shared = TrialShared(
+                sweep=sweep.model_dump(), base=base.model_dump(), teacher_path=prep.teacher_path,
+                fingerprint=prep.fingerprint, tracking_uri=uri, parent_run_id=parent_id,
+                train_storage=str(train_storage), extra={"teacher_per_trial": sweep.teacher_per_trial}, **refs,
+            )
+            trainable = tune.with_resources(tune.with_parameters(run_trial, shared=shared), {"CPU": TRIAL_ACTOR_CPUS})
+            if resume:
+                say(f"resuming sweep {sweep.name} from {exp_dir}")
+                tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+            else:
+                tuner = _new_tuner(sweep, base, trainable, exp_dir)
+            tuner.fit()
+            from raykd.sweep_progress import ACTIVE
+
+            progress = ACTIVE.get(sweep.name)
+            trials = progress.trials if progress else []
+            rows = [_row(sweep, t) for t in trials]
+            _finish_child_runs(uri, base.mlflow.experiment, parent_id, rows, base.train.max_steps)
+            unfinished = [r for r in rows if r.status not in ("TERMINATED", "ERROR")]
+            if unfinished:
+                raise SweepInterrupted(f"sweep {sweep.name} interrupted with {len(unfinished)} trial(s) unfinished")
+            outcome = _summarize(sweep, base, rows, uri, parent_id)
+            shutil.rmtree(train_storage, ignore_errors=True)
+            return outcome
+        finally:
+            shutdown_ray(started)
+
+
+def _shared_inputs(sweep: SweepConfig, base: DistillConfig, prep) -> dict[str, Any]:
+    """Deploy the teacher once, check every extreme value of the space against it, share data and init."""
+    import ray
+
+    from raykd.distill import check_teacher_info, student_init_ref
+    from raykd.teacher.service import launch_teacher
+
+    student_ref, n_params = student_init_ref(base, prep.teacher_path)
+    say(f"deploying the shared teacher ({base.teacher.backend}) as Serve app '{base.teacher.app_name}'")
+    handle = launch_teacher(base.teacher, prep.teacher_path, prep.fingerprint)
+    info = handle.info.remote().result()
+    vocab = ray.get(student_ref)[0].vocab_size
+    from transformers import AutoConfig
+
+    from raykd.objective import check_methods
+
+    t_config = AutoConfig.from_pretrained(prep.teacher_path)
+    for key, dim in sweep.space.items():
+        for value in dim.corners():
+            cfg = _validate(base, {key: value}, f"space.{key}")
+            try:
+                check_teacher_info(cfg, info, student_vocab=vocab)
+                check_methods(cfg, t_config)
+            except ConfigError as e:
+                raise ConfigError(f"space.{key}={json.dumps(value)}: {e}") from None
+    tokens, weights = prep.train, prep.train_weights
+    if base.seqkd.enabled:  # the teacher writes the training text once, for every trial
+        from raykd.seqkd import teacher_sequences
+
+        tokens, weights = teacher_sequences(handle, tokens, weights, base.seqkd, say)
+    if sweep.teacher_per_trial:
+        from ray import serve
+
+        serve.delete(base.teacher.app_name)  # comparison mode: each trial deploys its own
+    say(f"student: {n_params:,} params, one initialisation shared by all trials")
+    return dict(tokens_ref=ray.put(tokens), val_ref=ray.put(prep.val[: base.eval.max_sequences]),
+                student_ref=student_ref, weights_ref=None if weights is None else ray.put(weights))
+
+
+def _trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+def _new_tuner(sweep: SweepConfig, base: DistillConfig, trainable, exp_dir: Path):
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from raykd.sweep_progress import SweepProgress
+
+    tc = base.train
+    # Concurrency: Tune wraps a Searcher (Optuna) in a ConcurrencyLimiter; the variant generator of random and
+    # grid search ignores TuneConfig.max_concurrent_trials and takes its own limit.
+    limit = sweep.max_concurrent_trials
+    if sweep.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(seed=sweep.seed)
+    else:
+        search_alg, limit = BasicVariantGenerator(random_state=sweep.seed, max_concurrent=limit), None
+    scheduler = None
+    if sweep.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(time_attr="step", max_t=tc.max_steps, grace_period=sweep.asha.grace_period,
+                                  reduction_factor=sweep.asha.reduction_factor)
+    elif sweep.scheduler == "pbt":
+        from ray.tune.schedulers import PopulationBasedTraining
+
+        scheduler = PopulationBasedTraining(
+            time_attr="step", perturbation_interval=sweep.pbt.perturbation_interval,
+            hyperparam_mutations=pbt_mutations(sweep), quantile_fraction=sweep.pbt.quantile_fraction,
+            resample_probability=sweep.pbt.resample_probability, synch=sweep.pbt.synch,
+            custom_explore_fn=partial(clip_to_space, bounds=range_bounds(sweep)),
+        )
+    return tune.Tuner(
+        trainable,
+        param_space=tune_space(sweep),
+        tune_config=tune.TuneConfig(
+            metric=sweep.metric, mode=sweep.mode, search_alg=search_alg, scheduler=scheduler,
+            num_samples=sweep.num_samples, max_concurrent_trials=limit,
+            reuse_actors=False,  # a reused actor would keep the previous trial's Train run alive
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=sweep.name, storage_path=str(exp_dir.parent), verbose=0,
+            callbacks=[SweepProgress(sweep.name, sweep.metric, sweep.mode, total_trials(sweep), tc.max_steps)],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------------------- results
+def _row(sweep: SweepConfig, trial) -> TrialRow:
+    last = trial.last_result or {}
+    ckpt = trial.checkpoint
+    value = last.get(sweep.metric)
+    return TrialRow(trial.trial_id, decode_params(sweep, trial.config), trial.status, int(last.get("step", 0)),
+                    None if value is None else float(value), ckpt.path if ckpt is not None else None)
+
+
+def _finish_child_runs(uri: str, experiment: str, parent_id: str, rows: list[TrialRow], max_steps: int) -> None:
+    """Trials stopped by the scheduler or the user end in whatever state the killed actor left: set it here."""
+    from mlflow.tracking import MlflowClient
+
+    from raykd.sweep_trial import TRIAL_TAG
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=5000)
+    by_trial = {r.data.tags.get(TRIAL_TAG): r.info.run_id for r in runs}
+    for row in rows:
+        run_id = by_trial.get(row.trial_id)
+        if run_id is None:
+            continue
+        status = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(row.status, "KILLED")
+        client.set_tag(run_id, "raykd.sweep.final_step", str(row.step))
+        client.set_tag(run_id, "raykd.sweep.stopped_early", str(status == "FINISHED" and row.step < max_steps).lower())
+        client.set_terminated(run_id, status)
+
+
+def pick_best(rows: list[TrialRow], mode: str, max_steps: int) -> TrialRow:
+    """The best final metric among trials that trained to the end (a trial ASHA stopped at step 20 is not
+    comparable with one that ran 200 steps); among all scored trials if none did."""
+    scored = [r for r in rows if r.metric is not None and math.isfinite(r.metric)]
+    full = [r for r in scored if r.step >= max_steps and r.status == "TERMINATED"]
+    pool = full or scored
+    if not pool:
+        raise RuntimeError("no trial reported a finite metric; see the trials' errors above")
+    return (min if mode == "min" else max)(pool, key=lambda r: r.metric)
+
+
+def _summarize(sweep: SweepConfig, base: DistillConfig, rows: list[TrialRow], uri: str, parent_id: str) -> SweepOutcome:
+    import mlflow
+
+    best = pick_best(rows, sweep.mode, base.train.max_steps)
+    out_dir = Path(base.output_dir) / sweep.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    history = read_history(best.checkpoint)
+    best_cfg = _validate(base, best.values, "best trial")
+    best_cfg.run_name = f"{sweep.name}-best"
+    export_path = Path(sweep.export_path) if sweep.export_path else out_dir / "best.yaml"
+    export_config(best_cfg, export_path, sweep, best, history)
+    table = results_table(sweep, rows, best)
+    (out_dir / "results.md").write_text(table)
+    print(table, flush=True)
+    files = [export_path, out_dir / "results.md"]
+    if sweep.scheduler == "pbt":
+        (out_dir / "pbt_schedule.md").write_text(pbt_schedule_md(sweep, best, history))
+        files.append(out_dir / "pbt_schedule.md")
+        say(f"PBT schedule of the best trial:\n{(out_dir / 'pbt_schedule.md').read_text()}")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    try:
+        from raykd.plots import plot_histories
+        from raykd.sweep_trial import TRIAL_TAG
+
+        children = client.search_runs([client.get_run(parent_id).info.experiment_id],
+                                      f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=5000)
+        runs = {r.data.tags[TRIAL_TAG]: r.info.run_id for r in children if TRIAL_TAG in r.data.tags}
+        files.append(plot_histories(uri, dict(sorted(runs.items())), ["val_loss", "temperature", "alpha"],
+                                    out_dir / "curves.png", f"sweep {sweep.name}"))
+    except Exception as e:  # noqa: BLE001 - a missing figure must not lose the sweep's results
+        say(f"curves not plotted: {e}")
+    for f in files:
+        mlflow.log_artifact(str(f), run_id=parent_id)
+    mlflow.log_metrics({f"best_{sweep.metric}": best.metric, "trials": len(rows),
+                        "trials_stopped_early": sum(r.step < base.train.max_steps for r in rows)}, run_id=parent_id)
+    client.set_tag(parent_id, "raykd.sweep.best_trial", best.trial_id)
+    client.set_tag(parent_id, "raykd.sweep.best_values", json.dumps(best.values))
+    say(f"best trial {best.trial_id}: {sweep.metric} {best.metric:.4f} with {json.dumps(best.values)}")
+    say(f"best config: {export_path}  (raykd distill --config {export_path})")
+    return SweepOutcome(parent_id, best, best_cfg, export_path, rows, out_dir)
+
+
+def read_history(checkpoint_path: str | None) -> list[dict[str, Any]]:
+    from raykd.sweep_trial import STATE_FILE
+
+    if checkpoint_path is None or not (Path(checkpoint_path) / STATE_FILE).exists():
+        return []
+    return json.loads((Path(checkpoint_path) / STATE_FILE).read_text())["history"]
+
+
+def export_config(cfg: DistillConfig, path: Path, sweep: SweepConfig, best: TrialRow, history: list) -> Path:
+    """A complete DistillConfig YAML (every field explicit), headed by where it came from and how to run it."""
+    lines = [f"# Best trial of sweep '{sweep.name}' (trial {best.trial_id}): {sweep.metric} = {best.metric:.4f}",
+             f"# at step {best.step}, with {json.dumps(best.values)}.", "#",
+             f"#   raykd distill --config {path}", "#"]
+    if sweep.scheduler == "pbt" and len(history) > 1:
+        lines += ["# PBT changed these values during training; a constant re-run uses the final ones.",
+                  "# Values the weights were trained with (from step: values):"]
+        lines += [f"#   {h['step']:>5}: {json.dumps(h['values'])}" for h in history]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    tmp = Path(tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")[1])
+    tmp.write_text("\n".join(lines) + "\n" + body)
+    os.replace(tmp, path)
+    return path
+
+
+def results_table(sweep: SweepConfig, rows: list[TrialRow], best: TrialRow) -> str:
+    keys = sorted(sweep.space)
+    head = ["trial", *keys, "status", "steps", sweep.metric]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    order = sorted(rows, key=lambda r: (r.metric is None, r.metric if sweep.mode == "min" else -(r.metric or 0)))
+    for r in order:
+        cells = [r.trial_id + (" **best**" if r is best else ""), *[_cell(r.values.get(k)) for k in keys],
+                 r.status.lower(), str(r.step), "-" if r.metric is None else f"{r.metric:.4f}"]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+
+
+def pbt_schedule_md(sweep: SweepConfig, best: TrialRow, history: list[dict[str, Any]]) -> str:
+    """What PBT found: the piecewise-constant values under which the best trial's weights were trained."""
+    keys = sweep.pbt.mutate
+    out = [f"PBT schedule of trial {best.trial_id} ({sweep.metric} {best.metric:.4f} at step {best.step}):", "",
+           "| from step | " + " | ".join(keys) + " | weights from trial |", "|---|" + "---|" * (len(keys) + 1)]
+    for h in history:
+        out.append(f"| {h['step']} | " + " | ".join(_cell(h["values"].get(k)) for k in keys) + f" | {h['trial_id']} |")
+    return "\n".join(out) + "\n"

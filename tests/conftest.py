@@ -1,0 +1,44 @@
+"""Shared fixtures: a very small offline teacher (seconds to build) and an isolated raykd cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Small models: one thread each keeps parallel tests and Ray workers from oversubscribing 2 cores.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+TINY_TEACHER = dict(
+    vocab_size=384, hidden_size=64, num_heads=1, num_layers=2, intermediate_size=128,
+    corpus_chars=30_000, max_steps=25, seq_len=64, batch_size=16, max_minutes=1.0,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> Path:
+    """A 2-layer, 64-wide Llama teacher with its own BPE tokenizer (HF directory)."""
+    from raykd.config import TinyTeacherConfig
+    from raykd.teacher_build import build_tiny_teacher
+
+    return build_tiny_teacher(TinyTeacherConfig(**TINY_TEACHER), tmp_path_factory.mktemp("teacher") / "tiny",
+                              progress=False, num_threads=1)
+
+
+@pytest.fixture(scope="session")
+def other_vocab_teacher(tmp_path_factory) -> Path:
+    """Same architecture, a different tokenizer (vocab 320): for vocabulary-mismatch errors."""
+    from raykd.config import TinyTeacherConfig
+    from raykd.teacher_build import build_tiny_teacher
+
+    cfg = TinyTeacherConfig(**{**TINY_TEACHER, "vocab_size": 320, "max_steps": 2})
+    return build_tiny_teacher(cfg, tmp_path_factory.mktemp("teacher") / "other", progress=False, num_threads=1)
+
+
+@pytest.fixture
+def raykd_cache(tmp_path, monkeypatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RAYKD_CACHE", str(cache))
+    return cache

@@ -1,0 +1,59 @@
+"""The transformers teacher backend against a direct forward pass."""
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_teacher):
+    from raykd.teacher.hf_backend import HFTeacherBackend
+
+    return HFTeacherBackend(str(tiny_teacher), max_batch_tokens=64)
+
+
+def test_score_matches_direct_forward(backend, tiny_teacher):
+    from transformers import AutoModelForCausalLM
+
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(0, backend.vocab_size, n).astype(np.int32) for n in (10, 7, 30)]
+    sig = backend.score(seqs, top_k=5)
+    np.testing.assert_array_equal(sig.offsets, [0, 9, 15, 44])
+    model = AutoModelForCausalLM.from_pretrained(tiny_teacher).eval()
+    for b, s in enumerate(seqs):
+        with torch.no_grad():
+            lp = torch.log_softmax(model(torch.as_tensor(s[None], dtype=torch.long)).logits[0, :-1].double(), -1)
+        rows = slice(sig.offsets[b], sig.offsets[b + 1])
+        top = lp.topk(5, -1)
+        np.testing.assert_array_equal(sig.topk_ids[rows], top.indices.numpy())
+        np.testing.assert_allclose(sig.topk_logprobs[rows], top.values.numpy(), atol=1e-4)
+        tail = torch.log1p(-top.values.exp().sum(-1))
+        np.testing.assert_allclose(sig.tail_logprob[rows], tail.numpy(), atol=1e-4)
+        np.testing.assert_allclose(sig.target_logprob[rows], lp[torch.arange(len(s) - 1), s[1:]].numpy(), atol=1e-4)
+
+
+def test_padding_and_batching_do_not_change_scores(backend):
+    rng = np.random.default_rng(1)
+    seqs = [rng.integers(0, backend.vocab_size, n).astype(np.int32) for n in (5, 40, 12)]
+    together = backend.score(seqs, 4)
+    alone = [backend.score([s], 4) for s in seqs]
+    for b, part in enumerate(alone):
+        rows = slice(together.offsets[b], together.offsets[b + 1])
+        np.testing.assert_array_equal(together.topk_ids[rows], part.topk_ids)
+        np.testing.assert_allclose(together.topk_logprobs[rows], part.topk_logprobs, atol=1e-4)
+
+
+def test_full_vocab_has_empty_tail_and_errors(backend):
+    sig = backend.score([np.arange(6, dtype=np.int32)], backend.vocab_size)
+    assert np.isneginf(sig.tail_logprob).all()
+    with pytest.raises(ValueError, match="top_k"):
+        backend.score([np.arange(6)], backend.vocab_size + 1)
+    with pytest.raises(ValueError, match="at least 2"):
+        backend.score([np.arange(1)], 3)
+    with pytest.raises(ValueError, match="max_model_len"):
+        backend.score([np.zeros(backend.max_model_len + 1, np.int32)], 3)
+
+
+def test_generate_produces_requested_tokens(backend):
+    gen = backend.generate([np.arange(3, dtype=np.int32), np.arange(5, dtype=np.int32)], max_new_tokens=6)
+    assert [len(t) for t in gen.tokens] == [6, 6] and gen.tokens_per_second > 0

@@ -1,0 +1,57 @@
+"""Bad input to `raykd distill`: one clear line, exit code 2, no cluster, no MLflow run left behind."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "jobs" / "configs" / "quickstart.yaml"
+
+
+def _run(tmp_path, *overrides):
+    proc = subprocess.run(
+        [sys.executable, "-m", "raykd.cli", "distill", "--config", str(QUICKSTART), *overrides],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "RAYKD_CACHE": str(tmp_path / "cache"), "MLFLOW_TRACKING_URI": ""},
+    )
+    return proc
+
+
+def _assert_clean_failure(proc, tmp_path, needle):
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("raykd: error: ") and needle in lines[-1], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # failed before any run was created
+    assert not (tmp_path / "cache" / "teachers").exists() or needle == "vocab"  # no teacher built for bad input
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["loss.alpah=0.3"], "unknown config key 'loss.alpah'"),
+        (["loss.alpha=1.2"], "loss.alpha"),
+        (["loss.temperature=-2"], "loss.temperature"),
+        (["teacher.path=/nonexistent/teacher"], "teacher.path: model path not found: /nonexistent/teacher"),
+    ],
+)
+def test_config_and_path_errors(tmp_path, overrides, needle):
+    _assert_clean_failure(_run(tmp_path, *overrides), tmp_path, needle)
+
+
+def test_empty_dataset(tmp_path, tiny_teacher):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    proc = _run(tmp_path, f"teacher.path={tiny_teacher}", f"data.source={empty}")
+    _assert_clean_failure(proc, tmp_path, f"data.source: {empty} is empty")
+    short = tmp_path / "short.txt"
+    short.write_text("tiny")
+    proc = _run(tmp_path, f"teacher.path={tiny_teacher}", f"data.source={short}")
+    _assert_clean_failure(proc, tmp_path, "yields no sequence of 128 tokens")
+
+
+def test_teacher_student_vocab_mismatch(tmp_path, tiny_teacher, other_vocab_teacher):
+    proc = _run(tmp_path, f"teacher.path={tiny_teacher}", f"student.path={other_vocab_teacher}")
+    _assert_clean_failure(proc, tmp_path, "student.path: vocab_size 320 differs from the teacher's 384")
