@@ -4,6 +4,7 @@
     raykd pipeline --config jobs/configs/pipeline_three_stage.yaml [key=value ...]
     raykd capture  --config jobs/configs/capture.yaml [key=value ...]   # teacher signals -> Parquet shards
     raykd build-teacher [--out DIR] [key=value ...]     # the offline tiny teacher (cached)
+    raykd mlm-distill --config jobs/configs/mlm.yaml [key=value ...]   # BERT teacher -> shallower BERT (MLM)
     raykd sweep    --config jobs/configs/sweep_asha.yaml [--resume] [key=value ...]   # Ray Tune, one teacher
 
 Config problems end with one line `raykd: error: <field>: <problem>` and exit code 2, before any
@@ -33,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("capture", help="score a dataset once with the teacher (Ray Data) into Parquet shards")
     p.add_argument("--config", help="YAML file (see jobs/configs/capture.yaml)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. top_k=32")
+    p = sub.add_parser("mlm-distill", help="masked-LM distillation (DistilBERT-style) from a BERT teacher on Serve")
+    p.add_argument("--config", help="YAML file (see jobs/configs/mlm.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. student.num_layers=2")
     p = sub.add_parser("build-teacher", help="build (or find in the cache) the offline tiny teacher")
     p.add_argument("--out", help="directory to write; default: the raykd cache")
     p.add_argument("overrides", nargs="*", help="TinyTeacherConfig fields, e.g. max_minutes=2")
@@ -71,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
             from raykd.config import CaptureConfig, load_config
 
             print(run_capture(load_config(CaptureConfig, args.config, args.overrides))["output_dir"])
+        elif args.command == "mlm-distill":
+            from raykd.config import load_config
+            from raykd.mlm import MLMDistillConfig
+            from raykd.mlm_train import run_mlm_distill
+
+            run_mlm_distill(load_config(MLMDistillConfig, args.config, args.overrides))
         elif args.command == "build-teacher":
             from pathlib import Path
 

@@ -7,6 +7,7 @@ with the dashboard bound to 127.0.0.1.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -31,6 +32,9 @@ def init_ray(logical_cpus_needed: float) -> bool:
     env = {"env_vars": QUIET_ENV}
     address = os.environ.get("RAY_ADDRESS")
     if address:
+        # Under `ray job submit` Ray merges this with the job's runtime env and refuses a variable both set
+        # (e.g. TOKENIZERS_PARALLELISM in --runtime-env-json): the job's value wins.
+        env = {"env_vars": {k: v for k, v in QUIET_ENV.items() if k not in _job_env_vars()}}
         ray.init(address=address, runtime_env=env, logging_level=logging.WARNING)
         return False
     cpus = max(os.cpu_count() or 1, int(logical_cpus_needed + 0.999))
@@ -42,6 +46,13 @@ def init_ray(logical_cpus_needed: float) -> bool:
         configure_logging=True,
     )
     return True
+
+
+def _job_env_vars() -> dict[str, str]:
+    """env_vars of the submitted job's runtime env (Ray hands the job config to its driver as JSON)."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    runtime_env = (json.loads(raw).get("runtime_env") or {}) if raw else {}
+    return runtime_env.get("env_vars") or {}
 
 
 def shutdown_ray(started: bool) -> None:

@@ -170,14 +170,17 @@ def _config_hash(sp: StagePlan, cfg: DistillConfig) -> str:
 
 
 def latest_checkpoint_step(storage: str, train_name: str) -> int | None:
-    """Step of the newest Ray Train checkpoint of `train_name` (what a re-run restores), if any."""
-    steps = []
-    for state in Path(storage, train_name).glob("checkpoint_*/state.json"):
-        try:
-            steps.append(int(json.loads(state.read_text())["step"]))
-        except (ValueError, KeyError, OSError):
-            continue
-    return max(steps) if steps else None
+    """Step of the Ray Train checkpoint a re-run of `train_name` restores, if any.
+
+    Ray Train V2 restores the latest checkpoint its controller *registered* (checkpoint_manager_snapshot.json);
+    a checkpoint directory written just before a kill but never registered is not used, so it is not counted.
+    """
+    snapshot = Path(storage, train_name, "checkpoint_manager_snapshot.json")
+    try:
+        latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]
+        return int(json.loads(Path(storage, train_name, latest["checkpoint_dir_name"], "state.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _pipeline_params(cfg: PipelineConfig) -> dict[str, str]:

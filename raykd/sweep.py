@@ -103,6 +103,7 @@ def run_sweep(sweep: SweepConfig, base: DistillConfig, resume: bool = False) -> 
         raise ConfigError(f"sweep '{sweep.name}' already exists at {exp_dir}: pass --resume to continue it, "
                           "or choose another name")
     prep = prepare(base)
+    check_space_against_models(sweep, base, prep.teacher_path)
     say(f"sweep {sweep.name}: {total_trials(sweep)} trial(s), search {sweep.search}, scheduler {sweep.scheduler}, "
         f"metric {sweep.metric} ({sweep.mode}); {len(prep.train)} train / {len(prep.val)} held-out sequences")
     uri = resolve_tracking_uri(base.mlflow)
@@ -131,8 +132,7 @@ def run_sweep(sweep: SweepConfig, base: DistillConfig, resume: bool = False) -> 
             from raykd.sweep_progress import ACTIVE
 
             progress = ACTIVE.get(sweep.name)
-            trials = progress.trials if progress else []
-            rows = [_row(sweep, t) for t in trials]
+            rows = [_row(sweep, t, progress.final_status(t)) for t in progress.trials] if progress else []
             _finish_child_runs(uri, base.mlflow.experiment, parent_id, rows, base.train.max_steps)
             unfinished = [r for r in rows if r.status not in ("TERMINATED", "ERROR")]
             if unfinished:
@@ -156,19 +156,8 @@ def _shared_inputs(sweep: SweepConfig, base: DistillConfig, prep) -> dict[str, A
     handle = launch_teacher(base.teacher, prep.teacher_path, prep.fingerprint)
     info = handle.info.remote().result()
     vocab = ray.get(student_ref)[0].vocab_size
-    from transformers import AutoConfig
-
-    from raykd.objective import check_methods
-
-    t_config = AutoConfig.from_pretrained(prep.teacher_path)
-    for key, dim in sweep.space.items():
-        for value in dim.corners():
-            cfg = _validate(base, {key: value}, f"space.{key}")
-            try:
-                check_teacher_info(cfg, info, student_vocab=vocab)
-                check_methods(cfg, t_config)
-            except ConfigError as e:
-                raise ConfigError(f"space.{key}={json.dumps(value)}: {e}") from None
+    for key, cfg in _corner_configs(sweep, base):  # e.g. top-k against a vLLM teacher's max_logprobs
+        _named(key, cfg, lambda c: check_teacher_info(c, info, student_vocab=vocab))
     tokens, weights = prep.train, prep.train_weights
     if base.seqkd.enabled:  # the teacher writes the training text once, for every trial
         from raykd.seqkd import teacher_sequences
@@ -181,6 +170,37 @@ def _shared_inputs(sweep: SweepConfig, base: DistillConfig, prep) -> dict[str, A
     say(f"student: {n_params:,} params, one initialisation shared by all trials")
     return dict(tokens_ref=ray.put(tokens), val_ref=ray.put(prep.val[: base.eval.max_sequences]),
                 student_ref=student_ref, weights_ref=None if weights is None else ray.put(weights))
+
+
+def _corner_configs(sweep: SweepConfig, base: DistillConfig):
+    for key, dim in sweep.space.items():
+        for value in dim.corners():
+            yield f"space.{key}={json.dumps(value)}", _validate(base, {key: value}, f"space.{key}")
+
+
+def _named(where: str, cfg: DistillConfig, check) -> None:
+    try:
+        check(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def check_space_against_models(sweep: SweepConfig, base: DistillConfig, teacher_path: str) -> None:
+    """What `prepare` checks for the base config (top-k vs vocabulary, layer maps vs the models), for every
+    extreme value of the space: before the MLflow run and the cluster start."""
+    from transformers import AutoConfig
+
+    from raykd.objective import check_methods
+
+    t_config = AutoConfig.from_pretrained(teacher_path)
+
+    def check(cfg: DistillConfig) -> None:
+        if cfg.loss.top_k > t_config.vocab_size:
+            raise ConfigError(f"loss.top_k={cfg.loss.top_k} exceeds the teacher's vocab_size={t_config.vocab_size}")
+        check_methods(cfg, t_config)
+
+    for where, cfg in _corner_configs(sweep, base):
+        _named(where, cfg, check)
 
 
 def _trial_dirname(trial) -> str:
@@ -236,11 +256,11 @@ def _new_tuner(sweep: SweepConfig, base: DistillConfig, trainable, exp_dir: Path
 
 
 # --------------------------------------------------------------------------------------------- results
-def _row(sweep: SweepConfig, trial) -> TrialRow:
+def _row(sweep: SweepConfig, trial, status: str) -> TrialRow:
     last = trial.last_result or {}
     ckpt = trial.checkpoint
     value = last.get(sweep.metric)
-    return TrialRow(trial.trial_id, decode_params(sweep, trial.config), trial.status, int(last.get("step", 0)),
+    return TrialRow(trial.trial_id, decode_params(sweep, trial.config), status, int(last.get("step", 0)),
                     None if value is None else float(value), ckpt.path if ckpt is not None else None)
 
 

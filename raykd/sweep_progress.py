@@ -36,7 +36,11 @@ class SweepProgress(Callback):
 
     def _reset(self) -> None:
         self.trials: list = []
-        self.steps: dict[str, int] = {}
+        self.steps: dict[str, int] = {}  # last reported step per trial
+        self.ended: set[str] = set()  # trials that completed or failed (their status lags these callbacks)
+        # Trial statuses after the last controller step: on Ctrl-C Tune marks the running trials TERMINATED
+        # while cleaning up, after its last step, so this snapshot is what tells "interrupted" from "done".
+        self.statuses: dict[str, str] = {}
         self.start, self.last_print, self.steps_done = time.time(), 0.0, 0
 
     def __getstate__(self) -> dict:  # no Trial objects in the pickled experiment
@@ -70,28 +74,38 @@ class SweepProgress(Callback):
         early = " (stopped early)" if step < self.max_steps else ""
         value = f", {self.metric} {last[self.metric]:.4f}" if self.metric in last else ""
         _say(f"sweep {self.name}: trial {trial.trial_id} done at step {step}{early}{value}")
+        self.ended.add(trial.trial_id)
         self._print()
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.trials = list(trials)
+        self.ended.add(trial.trial_id)
         _say(f"sweep {self.name}: trial {trial.trial_id} FAILED (logs: {trial.path})")
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        self.trials = list(trials)
+        self.statuses = {t.trial_id: t.status for t in trials}
 
     def on_experiment_end(self, trials, **info) -> None:
         self.trials = list(trials)
 
+    def final_status(self, trial) -> str:
+        return self.statuses.get(trial.trial_id, trial.status)
+
     def _print(self) -> None:
         now = time.time()
         self.last_print = now
-        finished = [t for t in self.trials if t.status in DONE]
-        running = [t for t in self.trials if t.status == "RUNNING"]
+        ended = [t for t in self.trials if t.status in DONE or t.trial_id in self.ended]
+        running = [t for t in self.trials if t.status == "RUNNING" and t.trial_id not in self.ended]
         scored = [(t.last_result[self.metric], t.trial_id) for t in self.trials
                   if t.last_result and self.metric in t.last_result]
         best = (min if self.mode == "min" else max)(scored) if scored else None
-        rate = self.steps_done / (now - self.start) if now > self.start else 0.0
+        elapsed = now - self.start
+        rate = self.steps_done / elapsed if elapsed > 0 else 0.0  # includes trial start-up: what a step costs
         # Steps still to train if no trial is stopped early (ASHA will stop some: an upper bound then).
-        left = sum(self.max_steps - int((t.last_result or {}).get("step", 0)) for t in self.trials if t.status not in DONE)
+        left = sum(self.max_steps - self.steps.get(t.trial_id, 0) for t in self.trials if t not in ended)
         left += max(0, self.total - len(self.trials)) * self.max_steps
         eta = f"eta {_fmt_s(left / rate)}" if rate > 0 else "eta ?"
         best_s = f", best {self.metric} {best[0]:.4f} ({best[1]})" if best else ""
-        _say(f"sweep {self.name}: {len(finished)}/{self.total} trials done, {len(running)} running{best_s}; "
-             f"{self.steps_done} steps in {_fmt_s(now - self.start)} ({rate:.1f} steps/s), {eta}")
+        _say(f"sweep {self.name}: {len(ended)}/{self.total} trials done, {len(running)} running{best_s}; "
+             f"{self.steps_done} steps in {_fmt_s(elapsed)} ({rate:.2f} steps/s), {eta}")

@@ -24,7 +24,7 @@ def cluster(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     old = os.environ.get("RAYKD_CACHE")
     os.environ["RAYKD_CACHE"] = str(cache)  # inherited by the cluster's workers
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING")  # never a stray cluster
     yield cache
     from ray import serve
 

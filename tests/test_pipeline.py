@@ -239,7 +239,7 @@ def test_teacher_responses_are_cut_cached_and_empty_ones_dropped(tiny_teacher, t
     from transformers import AutoTokenizer
 
     from raykd.pipeline_teacher import _cut, teacher_responses
-    from raykd.teacher.hf_backend import HFTeacherBackend
+    from raykd.teacher.hf_backend import Generation, HFTeacherBackend
 
     assert _cut("a = 3\n#### 3\nmore text", "####") == "a = 3\n#### 3" and _cut("abc", "####") == "abc"
     tok = AutoTokenizer.from_pretrained(tiny_teacher)
@@ -251,9 +251,11 @@ def test_teacher_responses_are_cut_cached_and_empty_ones_dropped(tiny_teacher, t
     assert 1 <= len(rows) <= 4 and all(r["answer"] and r["question"] in {q["question"] for q in recs[:4]} for r in rows)
     calls = handle.calls
     assert teacher_responses(handle, tok, recs, cfg, "fp1", 512, cache_dir=tmp_path) == path and handle.calls == calls
-    # Greedy: the tiny teacher answers with newlines only, which is an error, not an empty training set.
+    # A teacher that writes only newlines (what an undertrained one does greedily) is an error, not an empty set.
+    newlines = Generation([np.array(tok.encode("\n\n\n\n"), np.int32)] * 2, 0.1)
+    blank = type("H", (), {"generate": type("G", (), {"remote": lambda self, *a: type("R", (), {"result": lambda s: newlines})()})()})()
     with pytest.raises(RuntimeError, match="answered none of 2 prompts"):
-        teacher_responses(handle, tok, recs, ResponsesConfig(max_prompts=2, max_new_tokens=4), "fp1", 512, cache_dir=tmp_path)
+        teacher_responses(blank, tok, recs, ResponsesConfig(max_prompts=2, max_new_tokens=4), "fp2", 512, cache_dir=tmp_path)
 
 
 # --------------------------------------------------------------------------------------------- resume state
@@ -277,9 +279,13 @@ def test_completed_stages_recorded_on_the_parent_run(tmp_path):
         forget_stages_from(client, parent, ["instruction", "domain"])
         assert list(completed_stages(client, parent)) == ["general"]
 
+    # What Ray Train V2 restores: the latest checkpoint in its snapshot, not the newest directory on disk
+    # (one written just before a kill but never registered is skipped on restore).
     assert latest_checkpoint_step(str(tmp_path), "run") is None
-    for i, step in enumerate((5, 15, 10)):
+    for i, step in enumerate((5, 10, 15)):
         d = tmp_path / "run" / f"checkpoint_{i}"
         d.mkdir(parents=True)
         (d / "state.json").write_text(json.dumps({"step": step}))
-    assert latest_checkpoint_step(str(tmp_path), "run") == 15
+    snapshot = {"ray_version": "2.60.0", "latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_1", "metrics": {}}}
+    (tmp_path / "run" / "checkpoint_manager_snapshot.json").write_text(json.dumps(snapshot))
+    assert latest_checkpoint_step(str(tmp_path), "run") == 10

@@ -39,11 +39,14 @@ class Generation:
 class HFTeacherBackend:
     def __init__(self, path: str, dtype: str = "float32", device: str | None = None, max_batch_tokens: int = 8192):
         import torch
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
         self.torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(self.device).eval()
+        # A masked LM (BERT-style, raykd/mlm.py) is scored at given positions instead of next tokens.
+        self.is_mlm = any(a.endswith("ForMaskedLM") for a in AutoConfig.from_pretrained(path).architectures or [])
+        auto = AutoModelForMaskedLM if self.is_mlm else AutoModelForCausalLM
+        self.model = auto.from_pretrained(path, dtype=getattr(torch, dtype)).to(self.device).eval()
         self.vocab_size = int(self.model.config.vocab_size)
         self.max_model_len = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self.max_batch_tokens = max_batch_tokens
@@ -58,8 +61,12 @@ class HFTeacherBackend:
             if len(s) > self.max_model_len:
                 raise ValueError(f"sequence {i} has {len(s)} tokens > max_model_len {self.max_model_len}")
 
-    def score(self, sequences: list[np.ndarray], top_k: int, extras: dict[str, list[int]] | None = None) -> TeacherSignals:
+    def score(self, sequences: list[np.ndarray], top_k: int, extras: dict[str, list[int]] | None = None,
+              positions: list[np.ndarray] | None = None, labels: list[np.ndarray] | None = None) -> TeacherSignals:
         """Top-k next-token log-probs (T = 1) at every position but the last of each sequence.
+
+        A masked-LM teacher instead scores `positions[b]` (the masked positions of sequence b, one row each)
+        with `labels[b]` (the original tokens there) as targets: rows are then masked positions.
 
         `extras` adds, per row (position j of sequence b, as the top-k rows), float32 arrays in `signals.extras`:
         "hidden_states": (N, P, hidden) for the P requested HF `hidden_states` indices (0 = embeddings,
@@ -67,6 +74,9 @@ class HFTeacherBackend:
         attention over keys 0..K-1, K = the longest sequence of the request (zeros past a sequence's end).
         """
         self._check(sequences, top_k)
+        if self.is_mlm != (positions is not None) or (positions is None) != (labels is None):
+            raise ValueError("a masked-LM teacher scores given positions and labels; a causal LM takes neither"
+                             if self.is_mlm else "positions/labels are for masked-LM teachers only")
         extras = {k: list(v) for k, v in (extras or {}).items() if v}
         unknown = sorted(set(extras) - {"hidden_states", "attentions"})
         if unknown:
@@ -74,17 +84,24 @@ class HFTeacherBackend:
         key_width = max(len(s) for s in sequences)
         parts: list[TeacherSignals] = []
         batch: list[np.ndarray] = []
-        longest = 0
-        for seq in sequences:
+        first, longest = 0, 0  # first: index of batch[0] in sequences (for the MLM positions)
+        for i, seq in enumerate(sequences):
             longest_if_added = max(longest, len(seq))
             if batch and longest_if_added * (len(batch) + 1) > self.max_batch_tokens:
-                parts.append(self._score_batch(batch, top_k, extras, key_width))
-                batch, longest_if_added = [], len(seq)
+                parts.append(self._score_batch(batch, top_k, extras, key_width, *self._mlm_rows(positions, labels, first, i)))
+                batch, longest_if_added, first = [], len(seq), i
             batch.append(np.asarray(seq))
             longest = longest_if_added
         if batch:
-            parts.append(self._score_batch(batch, top_k, extras, key_width))
+            parts.append(self._score_batch(batch, top_k, extras, key_width,
+                                           *self._mlm_rows(positions, labels, first, len(sequences))))
         return TeacherSignals.concat(parts)
+
+    @staticmethod
+    def _mlm_rows(positions, labels, start: int, stop: int) -> tuple:
+        if positions is None:
+            return None, None
+        return [np.asarray(p, np.int64) for p in positions[start:stop]], [np.asarray(t, np.int64) for t in labels[start:stop]]
 
     @contextlib.contextmanager
     def _eager_attention(self, needed: bool):
@@ -98,22 +115,23 @@ class HFTeacherBackend:
             if self.model.config._attn_implementation != before:
                 self.model.set_attn_implementation(before)
 
-    def _extras(self, out, lengths: list[int], extras: dict[str, list[int]], key_width: int) -> dict[str, np.ndarray]:
-        """Row-aligned hidden states / attention maps of one forward (see `score`)."""
+    def _extras(self, out, rows_at: list, extras: dict[str, list[int]], key_width: int) -> dict[str, np.ndarray]:
+        """Row-aligned hidden states / attention maps of one forward (see `score`); rows_at[b]: positions of b."""
         torch = self.torch
         arrays = {}
         if "hidden_states" in extras:
             layers = torch.stack([out.hidden_states[i] for i in extras["hidden_states"]], 2)  # (B, L, P, H)
-            arrays["hidden_states"] = torch.cat([layers[b, : n - 1] for b, n in enumerate(lengths)]).float().cpu().numpy()
+            arrays["hidden_states"] = torch.cat([layers[b, r] for b, r in enumerate(rows_at)]).float().cpu().numpy()
         if "attentions" in extras:
             maps = torch.stack([out.attentions[i] for i in extras["attentions"]], 1)  # (B, P, heads, L, L)
             maps = maps.permute(0, 3, 1, 2, 4)  # (B, L, P, heads, L): rows are query positions
             maps = torch.nn.functional.pad(maps, (0, key_width - maps.shape[-1]))
-            arrays["attentions"] = torch.cat([maps[b, : n - 1] for b, n in enumerate(lengths)]).float().cpu().numpy()
+            arrays["attentions"] = torch.cat([maps[b, r] for b, r in enumerate(rows_at)]).float().cpu().numpy()
         return arrays
 
     def _score_batch(self, sequences: list[np.ndarray], top_k: int, extras: dict[str, list[int]] | None = None,
-                     key_width: int = 0) -> TeacherSignals:
+                     key_width: int = 0, positions: list[np.ndarray] | None = None,
+                     labels: list[np.ndarray] | None = None) -> TeacherSignals:
         torch = self.torch
         lengths = [len(s) for s in sequences]
         width = max(lengths)
@@ -127,9 +145,16 @@ class HFTeacherBackend:
             out = self.model(input_ids=ids.to(self.device), attention_mask=attn.to(self.device),
                              output_hidden_states="hidden_states" in extras, output_attentions="attentions" in extras)
             logits = out.logits
-            # Rows: positions 0 .. L_b - 2 of each sequence (the next-token distributions we have labels for).
-            rows = torch.cat([logits[b, : n - 1] for b, n in enumerate(lengths)]).float()  # (N, V)
-            targets = torch.cat([ids[b, 1:n] for b, n in enumerate(lengths)]).to(rows.device)  # (N,)
+            # Rows: positions 0 .. L_b - 2 of each sequence (the next-token distributions we have labels for);
+            # for a masked LM the given positions, with the given labels as targets.
+            if positions is None:
+                rows_at = [torch.arange(n - 1) for n in lengths]
+                targets = torch.cat([ids[b, 1:n] for b, n in enumerate(lengths)])  # (N,)
+            else:
+                rows_at = [torch.as_tensor(p) for p in positions]
+                targets = torch.cat([torch.as_tensor(t) for t in labels])
+            rows = torch.cat([logits[b, r] for b, r in enumerate(rows_at)]).float()  # (N, V)
+            targets = targets.to(rows.device)
             lse = torch.logsumexp(rows, -1)  # (N,)
             top_vals, top_ids = rows.topk(top_k, dim=-1)
             if top_k < rows.shape[-1]:
@@ -139,14 +164,14 @@ class HFTeacherBackend:
                 tail = torch.full_like(lse, float("-inf"))
             target = rows.gather(-1, targets[:, None])[:, 0] - lse
             top_lp = top_vals - lse[:, None]
-        offsets = np.concatenate([[0], np.cumsum([n - 1 for n in lengths])]).astype(np.int64)
+        offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows_at])]).astype(np.int64)
         return TeacherSignals(
             top_ids.to(torch.int32).cpu().numpy(),
             top_lp.cpu().numpy(),
             tail.cpu().numpy(),
             target.cpu().numpy(),
             offsets,
-            self._extras(out, lengths, extras, key_width) if extras else {},
+            self._extras(out, rows_at, extras, key_width) if extras else {},
         )
 
     def generate(self, prompts: list[np.ndarray], max_new_tokens: int, temperature: float = 0.0) -> Generation:

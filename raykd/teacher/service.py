@@ -87,23 +87,26 @@ class Teacher:
             shutdown()
 
     async def score(
-        self, token_ids: list[np.ndarray], top_k: int, extras: dict[str, list[int]] | None = None
+        self, token_ids: list[np.ndarray], top_k: int, extras: dict[str, list[int]] | None = None, *,
+        positions: list[np.ndarray] | None = None, labels: list[np.ndarray] | None = None,
     ) -> TeacherSignals:
         """Top-k T=1 log-probs for positions 0..L_b-2 of each sequence (see raykd/signals.py).
 
         `extras` asks for intermediate representations in `signals.extras`, rows aligned with the top-k rows:
         {"hidden_states": [HF hidden_states indices, 0 = embeddings], "attentions": [0-based layers]} (see
         HFTeacherBackend.score). Only the hf backend can: vLLM returns log-probs, not hidden states or attention.
+        A masked-LM teacher (hf backend, raykd/mlm.py) is scored at `positions[b]` with targets `labels[b]`.
         """
         if top_k > self.info_.max_top_k:
             raise ValueError(f"top_k={top_k} exceeds this teacher's max_top_k={self.info_.max_top_k}")
         self._scored += 1
-        if extras:
+        if extras or positions is not None:
             if self.info_.backend != "hf":
-                raise ValueError(f"teacher backend '{self.info_.backend}' cannot return {sorted(extras)} (vLLM gives "
-                                 "log-probs only); use teacher.backend: hf for hidden-state or attention distillation")
+                raise ValueError(f"teacher backend '{self.info_.backend}' cannot return {sorted(extras or ['masked-LM rows'])} "
+                                 "(vLLM gives log-probs only); use teacher.backend: hf for hidden-state or attention "
+                                 "distillation")
             async with self._lock:
-                return await asyncio.to_thread(self.backend.score, token_ids, top_k, extras)
+                return await asyncio.to_thread(self.backend.score, token_ids, top_k, extras, positions, labels)
         if hasattr(self.backend, "score_async"):
             return await self.backend.score_async(token_ids, top_k)
         async with self._lock:  # one forward at a time: concurrent ones would fight over the same cores

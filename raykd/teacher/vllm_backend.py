@@ -22,6 +22,7 @@ vLLM is imported inside the functions that need it: importing this module import
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -149,11 +150,13 @@ def rows_from_flat(flat: Any, n_rows: int, k: int, prompt: bool) -> tuple[np.nda
     log-probs start with an empty entry for position 0 (nothing predicts the first token).
     """
     start = flat.start_indices[1] if prompt else 0
-    ids = np.asarray(flat.token_ids, np.int32)[start:]
-    lps = np.asarray(flat.logprobs, np.float32)[start:]
-    if ids.size != n_rows * (k + 1):
-        raise RuntimeError(f"vLLM returned {ids.size} log-prob entries for {n_rows} positions; expected "
+    size = len(flat.token_ids) - start
+    if size != n_rows * (k + 1) or len(flat.logprobs) - start != size:
+        raise RuntimeError(f"vLLM returned {size} log-prob entries for {n_rows} positions; expected "
                            f"{n_rows} x (1 actual token + top_k={k}) (has vLLM's FlatLogprobs layout changed?)")
+    # fromiter with a count: one pass over the Python list, no intermediate object array (~30 % faster).
+    ids = np.fromiter(itertools.islice(flat.token_ids, start, None), np.int32, size)
+    lps = np.fromiter(itertools.islice(flat.logprobs, start, None), np.float32, size)
     return ids.reshape(n_rows, k + 1), lps.reshape(n_rows, k + 1)
 
 
@@ -184,6 +187,30 @@ def signals_from_rows(parts: list[tuple[np.ndarray, np.ndarray]], vocab_size: in
         np.ascontiguousarray(ids[:, 1:]), topk_lp, tail_logprob(topk_lp, vocab_size),
         np.ascontiguousarray(lps[:, 0]), offsets,
     )
+
+
+def compare_signals(ref: TeacherSignals, got: TeacherSignals) -> dict[str, float]:
+    """Agreement of two teachers' signals on the same rows (e.g. transformers vs vLLM on the same weights).
+
+    top1: fraction of rows with the same most likely token; shared: fraction of top-k entries whose id is in
+    both top-k lists; median/p99/max: |log-prob difference| over those shared entries; target_*: |difference|
+    of the actual next token's log-prob; tail_max: largest |difference| of the tail mass (probability).
+    """
+    if not np.array_equal(ref.offsets, got.offsets) or ref.topk_ids.shape != got.topk_ids.shape:
+        raise ValueError("signals cover different rows or top-k sizes")
+    k = ref.top_k
+    eq = ref.topk_ids[:, :, None] == got.topk_ids[:, None, :]  # (N, k, k): entry i of ref is entry j of got
+    hit, where = eq.any(2), eq.argmax(2)
+    diff = np.abs(ref.topk_logprobs - np.take_along_axis(got.topk_logprobs, where, 1))[hit].astype(np.float64)
+    target = np.abs(ref.target_logprob.astype(np.float64) - got.target_logprob)
+    tail = np.abs(np.exp(ref.tail_logprob.astype(np.float64)) - np.exp(got.tail_logprob.astype(np.float64)))
+    return {
+        "rows": float(ref.num_rows), "top_k": float(k),
+        "top1": float(np.mean(ref.topk_ids[:, 0] == got.topk_ids[:, 0])), "shared": float(hit.mean()),
+        "median": float(np.median(diff)), "p99": float(np.quantile(diff, 0.99)), "max": float(diff.max()),
+        "target_median": float(np.median(target)), "target_max": float(target.max()),
+        "tail_max": float(np.nanmax(tail)) if tail.size else 0.0,
+    }
 
 
 # --------------------------------------------------------------------------------------------- backend
@@ -352,4 +379,7 @@ class VllmTeacherBackend:
         await self.engine.check_health()
 
     def shutdown(self) -> None:
-        self.engine.shutdown()
+        """Stop the engine's processes (idempotent; also run by the replica's graceful shutdown)."""
+        engine, self.engine = getattr(self, "engine", None), None
+        if engine is not None:
+            engine.shutdown()

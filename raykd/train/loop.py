@@ -94,7 +94,7 @@ def heldout_loss(model, val: np.ndarray, batch_size: int = 16) -> float:
     total, count = 0.0, 0
     with torch.inference_mode():
         for i in range(0, len(val), batch_size):
-            ids = torch.as_tensor(val[i : i + batch_size], dtype=torch.long)  # (b, L)
+            ids = torch.tensor(val[i : i + batch_size], dtype=torch.long)  # (b, L); a copy: object-store arrays are read-only
             logits = model(input_ids=ids).logits[:, :-1].float()  # (b, L-1, V)
             labels = ids[:, 1:].reshape(-1)
             total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels, reduction="sum").item()

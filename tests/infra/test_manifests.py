@@ -190,7 +190,8 @@ def test_constraints_pin_versions_inside_pyproject_ranges():
         if line:
             name, version = line.split("==")
             pins[name.lower()] = version
-    assert set(declared) - {"pytest", "pytest-timeout"} <= set(pins), "every dependency is pinned"
+    unpinned = set(declared) - {"pytest", "pytest-timeout"} - set(pins)
+    assert not unpinned, f"pin {sorted(unpinned)} in infra/docker/constraints.txt (the image installs them)"
     for name, version in pins.items():
         for spec in declared.get(name, []):
             assert spec.contains(version, prereleases=True), f"{name}=={version} is outside pyproject's {spec}"
@@ -326,9 +327,9 @@ def _job_config(script: Path, config: Path, overrides: list[str]):
         from raykd.sweep_config import load_sweep
 
         sweep, base = load_sweep(config, overrides)
-        t, tr = base.teacher, base.train
+        tr = base.train
         trials = [(tr.cpus_per_worker, 1.0 if tr.use_gpu else 0.0)] * (tr.num_workers * sweep.max_concurrent_trials)
-        return base, [(t.num_cpus, t.num_gpus)] * t.num_replicas + trials
+        return base, _teacher_demands(base.teacher) + trials
     raise AssertionError(f"{rel}: say here which config loader it uses")
 
 
@@ -396,9 +397,14 @@ def _fits(demands: list[tuple[float, float]], pods: list[tuple[float, float]]) -
     return True
 
 
+def _teacher_demands(t) -> list[tuple[float, float]]:
+    """One bundle per teacher replica, at most (Serve autoscaling's max_replicas when set)."""
+    return [(t.num_cpus, t.num_gpus)] * (t.autoscaling.max_replicas if t.autoscaling else t.num_replicas)
+
+
 def _distill_demands(cfg) -> list[tuple[float, float]]:
-    t, tr = cfg.teacher, cfg.train
-    return [(t.num_cpus, t.num_gpus)] * t.num_replicas + [(tr.cpus_per_worker, 1.0 if tr.use_gpu else 0.0)] * tr.num_workers
+    tr = cfg.train
+    return _teacher_demands(cfg.teacher) + [(tr.cpus_per_worker, 1.0 if tr.use_gpu else 0.0)] * tr.num_workers
 
 
 def _distill_config():
@@ -431,7 +437,7 @@ def test_rayservice_hosts_the_teacher_that_distill_jobs_reuse():
     assert app.name == job_teacher.app_name == teacher.app_name
     assert (teacher.path, teacher.build, teacher.backend) == (job_teacher.path, job_teacher.build, job_teacher.backend)
     pods = _capacity(svc["spec"]["rayClusterConfig"], "replicas")
-    assert _fits([(teacher.num_cpus, teacher.num_gpus)] * teacher.num_replicas, pods)
+    assert _fits(_teacher_demands(teacher), pods)
 
 
 def test_build_app_binds_the_teacher_deployment(tiny_teacher):

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from raykd.config import ConfigError, TeacherConfig, VllmConfig
+from raykd.teacher.vllm_backend import compare_signals
 
 pytestmark = pytest.mark.slow
 
@@ -66,28 +67,13 @@ def vllm_fp32(tiny_teacher):
     backend.shutdown()
 
 
-def agreement(ref, got) -> dict[str, float]:
-    """Top-1 agreement and |log-prob difference| over the ids both top-k lists share (see README)."""
-    diffs = []
-    for r_ids, r_lp, g_ids, g_lp in zip(ref.topk_ids, ref.topk_logprobs, got.topk_ids, got.topk_logprobs):
-        shared, ri, gi = np.intersect1d(r_ids, g_ids, return_indices=True)
-        diffs.append(np.abs(r_lp[ri] - g_lp[gi]))
-    d = np.concatenate(diffs)
-    return {
-        "top1": float(np.mean(ref.topk_ids[:, 0] == got.topk_ids[:, 0])),
-        "median": float(np.median(d)), "max": float(d.max()),
-        "target_max": float(np.abs(ref.target_logprob - got.target_logprob).max()),
-        "shared": float(len(d) / ref.topk_ids.size),
-    }
-
-
 def test_float32_engine_matches_transformers(loop, vllm_fp32, hf, heldout):
     seqs = heldout + [heldout[0][:2], heldout[1][:17]]  # ragged lengths, including the 2-token minimum
     ref = hf.score(seqs, 20)
     got = loop.run_until_complete(vllm_fp32.score_async(seqs, 20))
     np.testing.assert_array_equal(got.offsets, ref.offsets)  # same row convention: L_b - 1 rows per sequence
     assert got.topk_ids.shape == ref.topk_ids.shape == (sum(len(s) - 1 for s in seqs), 20)
-    a = agreement(ref, got)
+    a = compare_signals(ref, got)
     assert a["max"] < 1e-3 and a["target_max"] < 1e-3 and a["shared"] > 0.99, a
     # Top-1 may differ only where transformers itself has the top two within float32 noise of each other.
     flips = np.flatnonzero(ref.topk_ids[:, 0] != got.topk_ids[:, 0])
@@ -101,7 +87,7 @@ def test_bfloat16_engine_agrees_within_bf16_error(loop, tiny_teacher, hf, heldou
         got = loop.run_until_complete(backend.score_async(heldout, 20))
     finally:
         backend.shutdown()
-    a = agreement(hf.score(heldout, 20), got)
+    a = compare_signals(hf.score(heldout, 20), got)
     print("bf16 vs fp32 agreement:", json.dumps(a))
     assert a["top1"] > 0.9 and a["median"] < 0.05 and a["max"] < 1.0, a
 

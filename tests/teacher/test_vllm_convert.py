@@ -198,3 +198,18 @@ def test_gpu_replicas_config_is_consistent():
     assert load_config(DistillConfig, path, ["teacher.vllm.tensor_parallel_size=2", "teacher.num_gpus=2"])
     with pytest.raises(ConfigError, match="num_gpus=1 must equal vllm.tensor_parallel_size=2"):
         load_config(DistillConfig, path, ["teacher.vllm.tensor_parallel_size=2"])
+
+
+def test_compare_signals_measures_disagreement():
+    from raykd.teacher.vllm_backend import compare_signals
+
+    rng = np.random.default_rng(3)
+    lp = log_softmax(rng.normal(0, 2, (40, 100)))
+    targets, offsets = rng.integers(0, 100, 40), np.array([0, 15, 40])
+    ref = signals_from_logprobs(lp, targets, offsets, 10)
+    same = compare_signals(ref, ref)
+    assert same["top1"] == 1 and same["shared"] == 1 and same["max"] == 0 and same["target_max"] == 0
+    noisy = compare_signals(ref, signals_from_logprobs(lp + rng.normal(0, 1e-3, lp.shape), targets, offsets, 10))
+    assert 0 < noisy["median"] < noisy["max"] < 0.01 and noisy["shared"] > 0.9
+    shifted = signals_from_logprobs(np.roll(lp, 1, axis=0), targets, offsets, 10)  # rows misaligned by one
+    assert compare_signals(ref, shifted)["top1"] < 0.5
