@@ -62,9 +62,11 @@ class _ChunkedLinearLoss(torch.autograd.Function):
                     (g_logits,) = torch.autograd.grad(outs[0] * scale, logits)
                     g_logits = g_logits.to(weight.dtype)
                     if need_h:
-                        grad_h[lo:hi] = g_logits @ weight  # (C, H)
+                        # Detached operands: under enable_grad an in-place update with a grad-requiring
+                        # operand would record a graph that keeps every chunk's (C, V) gradient alive.
+                        grad_h[lo:hi] = g_logits @ weight.detach()  # (C, H)
                     if need_w:
-                        grad_w.addmm_(g_logits.t(), h_c.to(weight.dtype))  # (V, H)
+                        grad_w.addmm_(g_logits.t(), h_c.detach().to(weight.dtype))  # (V, H)
             chunk = [o.detach() * scale for o in outs]
             sums = chunk if sums is None else [s + c for s, c in zip(sums, chunk)]
             del logits, outs
