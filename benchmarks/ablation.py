@@ -1,17 +1,18 @@
 """Ablation of the distillation methods on real text: held-out loss of students per method, same budget.
 
-    python benchmarks/ablation.py                       # ~20 min on 2 shared CPU cores
-    python benchmarks/ablation.py --steps 40 --seeds 1  # a quick look
+    python benchmarks/ablation.py                       # <= 25 min on 2 shared CPU cores
+    python benchmarks/ablation.py --steps 20 --seeds 1  # a quick look
 
 Text: tinyshakespeare (/work/shared/data): the first 90 % trains the teacher and the students, the last
 10 % is held out. Teacher: a Llama trained here on that text (byte-level BPE from raykd.teacher_build,
-4 layers x 128 wide; cached under $RAYKD_CACHE/bench). Every student is derived from it exactly as
+4 layers x 128 wide, --teacher-steps steps of 16 x 128 tokens; cached under $RAYKD_CACHE/bench). Every student is derived from it exactly as
 `raykd distill` does (2 layers picked uniformly, width 64 sliced from the teacher's, raykd.models), trains
 for the same number of steps on the same batches per seed, through the same objective the Train workers
 run (raykd.objective.Objective: divergences, schedules, dynamic temperature, hidden/attention matching,
 adversarial term), against the hard-label-only student. The teacher's signals (top-k log-probs, hidden
 states, attention maps) are computed once with the transformers backend (the code a Serve replica runs)
-and reused by every method; sequence-level KD trains on the teacher's greedy continuations instead.
+and reused by every method; sequence-level KD trains on the teacher's greedy continuations (96 tokens after
+32-token prompts of the first --seqkd-prompts training blocks) instead.
 Reported: held-out next-token loss (nats) over --val-seqs blocks, mean and spread (min..max) over --seeds
 seeds (seeds change the data order and the learnable loss parts; the student init is the teacher's).
 
@@ -78,6 +79,8 @@ def build_teacher(text: str, out: Path, vocab: int, steps: int, seq_len: int) ->
     tok = train_tokenizer(text, vocab, 512)
     ids = torch.tensor(tok.backend_tokenizer.encode(text).ids, dtype=torch.long)
     eot = tok.convert_tokens_to_ids(EOT)
+    log(f"teacher tokenizer: {len(tok)} tokens, {len(ids):,} training tokens ({time.monotonic() - t0:.0f}s)")
+    t0 = time.monotonic()
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(
         vocab_size=len(tok), hidden_size=128, intermediate_size=344, num_hidden_layers=4, num_attention_heads=2,
@@ -91,7 +94,7 @@ def build_teacher(text: str, out: Path, vocab: int, steps: int, seq_len: int) ->
         lr = 3e-3 * min(1.0, (step + 1) / 30) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
         for g in opt.param_groups:
             g["lr"] = lr
-        block = ids[torch.randint(0, len(ids) - seq_len - 1, (32,), generator=gen)[:, None] + span]
+        block = ids[torch.randint(0, len(ids) - seq_len - 1, (16,), generator=gen)[:, None] + span]
         logits = model(input_ids=block[:, :-1]).logits
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), block[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -164,13 +167,14 @@ def train_student(cfg, teacher_dir: str, tokens: np.ndarray, signals, val: np.nd
 # --------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=100, help="student optimizer steps (same for every method)")
+    ap.add_argument("--steps", type=int, default=60, help="student optimizer steps (same for every method)")
     ap.add_argument("--batch", type=int, default=16, help="sequences per step")
     ap.add_argument("--seq-len", type=int, default=128)
-    ap.add_argument("--train-seqs", type=int, default=400, help="training blocks (scored once by the teacher)")
+    ap.add_argument("--train-seqs", type=int, default=320, help="training blocks (scored once by the teacher)")
+    ap.add_argument("--seqkd-prompts", type=int, default=128, help="prompts the teacher continues for sequence-level KD")
     ap.add_argument("--val-seqs", type=int, default=96, help="held-out blocks")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--teacher-steps", type=int, default=600)
+    ap.add_argument("--teacher-steps", type=int, default=300)
     ap.add_argument("--vocab", type=int, default=2048)
     ap.add_argument("--only", nargs="*", help="run these methods only (names as in the table)")
     args = ap.parse_args(argv)
@@ -182,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     from raykd.seqkd import teacher_sequences
     from raykd.teacher.hf_backend import HFTeacherBackend
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    from raykd.teacher_build import default_threads
+
+    # The idle cores only: on an oversubscribed machine more torch threads are slower, not faster.
+    torch.set_num_threads(default_threads())
+    log(f"{torch.get_num_threads()} torch thread(s); load average {os.getloadavg()[0]:.1f}")
     t_start = time.monotonic()
     text = TEXT.read_text()
     split = int(len(text) * 0.9)
@@ -204,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
 
     base = ["loss.top_k=20", f"train.max_steps={args.steps}", f"train.batch_size={args.batch}", "train.lr=3e-3",
             "train.warmup_steps=10", "student.num_layers=2", "student.hidden_size=64", f"data.seq_len={args.seq_len}",
-            "seqkd.prompt_tokens=32", f"seqkd.max_new_tokens={args.seq_len - 32}"]
+            "seqkd.prompt_tokens=32", f"seqkd.max_new_tokens={args.seq_len - 32}", f"seqkd.max_prompts={args.seqkd_prompts}"]
     methods = {k: v for k, v in METHODS.items() if not args.only or k in args.only}
 
     t = time.monotonic()

@@ -86,9 +86,9 @@ def main() -> None:
         "",
         f"`python benchmarks/teacher_agreement.py {' '.join(sys.argv[1:])}`: {cfg['architectures'][0]} "
         f"({cfg.get('num_hidden_layers')} layers, {cfg.get('hidden_size')} wide, vocab {cfg['vocab_size']}), "
-        f"{args.seqs} x {args.seq_len} tokens per text, top-k {args.top_k}; reference: transformers float32. {machine}.",
+        f"{args.seqs} x {args.seq_len} tokens per text, top-k {args.top_k}; reference: transformers float32; Δ = absolute difference over shared top-k ids. {machine}.",
         "",
-        "| vLLM dtype | text | top-1 agreement | shared top-k | |Δ log-prob| median | p99 | max | target |Δ| max | tail |Δp| max |",
+        "| vLLM dtype | text | top-1 agreement | shared top-k | Δ log-prob median | Δ p99 | Δ max | target Δ max | tail Δp max |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for dtype, per_text in results.items():

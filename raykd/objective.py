@@ -53,14 +53,16 @@ def needs_teacher(cfg: DistillConfig) -> bool:
     return alpha_max > 0 or lc.hidden.weight > 0 or lc.attention.weight > 0 or lc.adversarial.weight > 0
 
 
+def _uses_hidden(lc: LossConfig) -> bool:
+    """Hidden states are needed for their own term or as the discriminator's input."""
+    return lc.hidden.weight > 0 or (lc.adversarial.weight > 0 and lc.adversarial.input == "hidden")
+
+
 def teacher_extras_request(lc: LossConfig) -> dict[str, list[int]]:
     """Extras for `Teacher.score`: HF `hidden_states` indices (0 = embeddings) and 0-based attention layers."""
     extras: dict[str, list[int]] = {}
-    hidden = dict(lc.hidden.layer_map) if lc.hidden.weight > 0 else {}
-    if lc.adversarial.weight > 0 and lc.adversarial.input == "hidden":
-        hidden = dict(lc.hidden.layer_map)
-    if hidden:
-        extras["hidden_states"] = list(hidden.values())
+    if _uses_hidden(lc):
+        extras["hidden_states"] = list(lc.hidden.layer_map.values())
     if lc.attention.weight > 0:
         extras["attentions"] = [t - 1 for t in lc.attention.layer_map.values()]
     return extras
@@ -86,11 +88,10 @@ def check_methods(cfg: DistillConfig, teacher_config: Any, student_config: Any |
                           student_config.num_hidden_layers)  # explicit lists against the teacher's depth
     lc = cfg.loss
     t_layers, s_layers = teacher_config.num_hidden_layers, student_config.num_hidden_layers
-    for name, first in (("hidden", 0), ("attention", 1)):
-        section = getattr(lc, name)
-        if section.weight <= 0 and not (name == "hidden" and lc.adversarial.input == "hidden" and lc.adversarial.weight > 0):
+    for name, first, used in (("hidden", 0, _uses_hidden(lc)), ("attention", 1, lc.attention.weight > 0)):
+        if not used:
             continue
-        for s, t in section.layer_map.items():
+        for s, t in getattr(lc, name).layer_map.items():
             if not first <= s <= s_layers:
                 raise ConfigError(f"loss.{name}.layer_map: student layer {s} outside the student's {first}..{s_layers}")
             if not first <= t <= t_layers:
@@ -120,10 +121,9 @@ class Objective:
         self.alpha_at = Schedule.from_config(lc.alpha_schedule, lc.alpha, total)
         self.temperature_at = Schedule.from_config(lc.temperature_schedule, lc.temperature, total)
         self.dynamic = lc.dynamic_temperature if lc.dynamic_temperature.rule != "none" else None
-        extras = teacher_extras_request(lc) if use_teacher else {}
-        self.extras = extras
-        self.hidden_pairs = list(lc.hidden.layer_map.items()) if "hidden_states" in extras else []
-        self.attention_pairs = list(lc.attention.layer_map.items()) if "attentions" in extras else []
+        self.extras = teacher_extras_request(lc) if use_teacher else {}
+        self.hidden_pairs = list(lc.hidden.layer_map.items()) if "hidden_states" in self.extras else []
+        self.attention_pairs = list(lc.attention.layer_map.items()) if "attentions" in self.extras else []
         self.adv_on = use_teacher and lc.adversarial.weight > 0
         self.prompt_rows = cfg.seqkd.prompt_tokens - 1 if cfg.seqkd.enabled and not cfg.seqkd.loss_on_prompt else 0
         self.student_hidden = int(student_config.hidden_size)

@@ -282,7 +282,8 @@ class _Runner:
         adapt_record = None
         if spec.adapt_teacher:
             path, adapt_record = adapt_teacher(prep.teacher_path, prep.fingerprint, sp.adapt_prep.train,
-                                               sp.adapt_prep.val, spec.adapt_teacher, seed=cfg_i.seed)
+                                               sp.adapt_prep.val, spec.adapt_teacher, seed=cfg_i.seed,
+                                               threads=max(1, int(cfg_i.teacher.num_cpus)))
             prep = dataclasses.replace(prep, teacher_path=str(path), fingerprint=model_fingerprint(str(path)))
             cfg_i.teacher.path = str(path)
         tags = {"raykd.job": "pipeline-stage", "raykd.pipeline": self.cfg.name, "raykd.stage": spec.name,

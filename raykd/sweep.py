@@ -112,6 +112,8 @@ def run_sweep(sweep: SweepConfig, base: DistillConfig, resume: bool = False) -> 
     train_storage = exp_dir.parent / f"{sweep.name}.train-runs"
     # Train workers wait for their CPUs while other trials hold them; Ray Train's 60 s default would fail them.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "900")
+    # Every trial checkpoint forces an experiment snapshot (num_to_keep): expected here, not worth a warning.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     started = False
     with tracked_run(uri, base.mlflow.experiment, sweep.name, params, {"raykd.job": "sweep"}) as parent_id:
         try:

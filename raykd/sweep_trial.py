@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -186,7 +185,8 @@ def _fit(cfg: DistillConfig, name: str, storage: str, loop_cfg: dict, queue, err
         )
         trainer.fit()
     except BaseException as e:  # noqa: BLE001 - re-raised in the trial's main thread
+        # (When Tune stops a trial - ASHA at a rung or at max_t - its actor's placement group goes first and the
+        # Train controller dies under this thread: the main thread has then already left, nothing to report.)
         errors.append(e)
-        print(f"[raykd] trial training failed: {e}", file=sys.__stderr__, flush=True)
     finally:
         queue.put(None)

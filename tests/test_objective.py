@@ -151,3 +151,16 @@ def test_dynamic_temperature_histogram_and_state_roundtrip(student, tmp_path):
     assert torch.equal(again.projector.proj[0].weight, obj.projector.proj[0].weight)
     assert (again.hist == obj.hist).all()
     assert again.projector_opt.state_dict()["state"]  # Adam moments came back too
+
+
+def test_student_layer_selection_options_from_yaml():
+    from raykd.config import ConfigError
+    from raykd.models import select_layers
+
+    for selection, expected in (("uniform", [0, 2, 5]), ("first", [0, 1, 2]), ("last", [3, 4, 5]), ("[1, 3, 4]", [1, 3, 4])):
+        cfg = load_config(DistillConfig, None, ["student.num_layers=3", f"student.layer_selection={selection}"])
+        assert select_layers(cfg.student.layer_selection, 6, 3) == expected
+    for overrides, msg in ((["student.num_layers=2", "student.layer_selection=[0, 1, 2]"], "lists 3 layers"),
+                           (["student.num_layers=2", "student.layer_selection=[-1, 2]"], "0-based teacher layers")):
+        with pytest.raises(ConfigError, match=msg):
+            load_config(DistillConfig, None, overrides)

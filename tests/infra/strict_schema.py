@@ -135,7 +135,8 @@ def _check_array(value: list, s: dict, path: str, errors: list[str]) -> None:
 # --------------------------------------------------------------------------------------------- schemas
 def load_crd_schemas(crd_dir: Path) -> dict[str, dict]:
     """kind -> openAPIV3Schema of its `v1` version, with `apiVersion`, `kind` and `metadata` closed."""
-    crds = [yaml.safe_load(f.read_text()) for f in sorted(crd_dir.glob("ray.io_*.yaml"))]
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster on these 60k lines
+    crds = [yaml.load(f.read_text(), Loader=loader) for f in sorted(crd_dir.glob("ray.io_*.yaml"))]
     out = {}
     for crd in crds:
         (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -62,13 +63,13 @@ class LocalCluster:
     def start(self) -> None:
         gcs, dash, agent, agent_grpc, runtime_env, metrics, client = _free_ports(7)
         self.address = f"http://127.0.0.1:{dash}"
-        temp_dir = tempfile.mkdtemp(prefix="rkd-", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
+        self.temp_dir = tempfile.mkdtemp(prefix="rkd-", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
         argv = [
             sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--num-cpus=4", "--num-gpus=0",
             f"--port={gcs}", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
             f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
             f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}",
-            f"--ray-client-server-port={client}", f"--temp-dir={temp_dir}", "--object-store-memory=300000000",
+            f"--ray-client-server-port={client}", f"--temp-dir={self.temp_dir}", "--object-store-memory=300000000",
             "--disable-usage-stats",
         ]
         self.log = open(self.root / "ray-start.log", "ab")
@@ -99,6 +100,7 @@ class LocalCluster:
         except ProcessLookupError:
             pass
         self.log.close()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)  # session logs; the start log stays in the test's tmp
 
     def job_status(self, submission_id: str) -> str:
         """The job's status from the job API (`ray job status` prints prose), with the bearer token."""
@@ -167,6 +169,17 @@ def _finished_runs(store: Path, experiment: str) -> dict[str, str]:
     exp = client.get_experiment_by_name(experiment)
     assert exp is not None, f"no experiment {experiment} in the store the runtime env named"
     return {r.info.run_name: r.info.status for r in client.search_runs([exp.experiment_id])}
+
+
+def test_driver_runtime_env_defers_to_the_job(monkeypatch):
+    """Ray refuses a driver runtime env that repeats a job env var; raykd's driver leaves those to the job."""
+    from raykd.cluster import QUIET_ENV, _job_env_vars
+
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    assert _job_env_vars() == {}
+    job = {"runtime_env": {"working_dir": "gcs://_ray_pkg_x.zip", "env_vars": {"TOKENIZERS_PARALLELISM": "true"}}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))
+    assert _job_env_vars() == {"TOKENIZERS_PARALLELISM": "true"} and "TOKENIZERS_PARALLELISM" in QUIET_ENV
 
 
 @pytest.mark.slow

@@ -25,6 +25,20 @@ APP = "vllm-serve-test"
 TOP_K = 8
 
 
+def start_ray(num_cpus: int) -> None:
+    """ray.init, retried: on a loaded 2-core machine the raylet can miss Ray's fixed 30 s startup window."""
+    import ray
+
+    for attempt in range(3):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            return
+        except Exception as e:  # noqa: BLE001
+            if "timed out during startup" not in str(e) or attempt == 2:
+                raise
+            ray.shutdown()
+
+
 @pytest.fixture(scope="module")
 def app(tiny_teacher):
     import ray
@@ -33,7 +47,7 @@ def app(tiny_teacher):
     from raykd.teacher.service import launch_teacher
 
     # Logical CPUs: 2 replicas + 2 workers share the 2 physical cores (vLLM threads unpinned: 'nobind').
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    start_ray(num_cpus=4)
     cfg = TeacherConfig(
         path=str(tiny_teacher), backend="vllm", num_replicas=2, num_cpus=1, max_ongoing_requests=8, app_name=APP,
         vllm=dict(dtype="float32", kv_cache_memory_bytes=64 << 20, cpu_threads_bind="nobind"),
