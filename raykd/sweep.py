@@ -75,11 +75,22 @@ def experiment_dir(sweep: SweepConfig) -> Path:
 
 
 def logical_cpus(sweep: SweepConfig, base: DistillConfig) -> float:
+    """Logical CPUs for an embedded cluster: the teacher, `max_concurrent_trials` trials, and slack.
+
+    The slack is for the Train workers' placement groups of trials that Tune stopped (ASHA at a rung, a PBT
+    exploit): Ray Train's cleaner actor removes them, but it can be late, or fail where several Ray clusters
+    share a machine (it finds its cluster by address lookup). Logical CPUs cost nothing; concurrency is bounded
+    by `max_concurrent_trials`, so a leaked reservation must not be what stalls the next trial.
+    """
     t, tc = base.teacher, base.train
     replicas = t.autoscaling.max_replicas if t.autoscaling else t.num_replicas
     teacher = replicas * t.num_cpus
-    per_trial = tc.num_workers * tc.cpus_per_worker + TRIAL_ACTOR_CPUS + (teacher if sweep.teacher_per_trial else 0)
-    return teacher + sweep.max_concurrent_trials * per_trial
+    workers = tc.num_workers * tc.cpus_per_worker
+    per_trial = workers + TRIAL_ACTOR_CPUS + (teacher if sweep.teacher_per_trial else 0)
+    restarts = total_trials(sweep)
+    if sweep.scheduler == "pbt":  # at most every trial at every interval
+        restarts += sweep.num_samples * (tc.max_steps // sweep.pbt.perturbation_interval)
+    return teacher + sweep.max_concurrent_trials * per_trial + restarts * workers
 
 
 def total_trials(sweep: SweepConfig) -> int:
@@ -112,6 +123,9 @@ def run_sweep(sweep: SweepConfig, base: DistillConfig, resume: bool = False) -> 
     train_storage = exp_dir.parent / f"{sweep.name}.train-runs"
     # Train workers wait for their CPUs while other trials hold them; Ray Train's 60 s default would fail them.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "900")
+    # An embedded cluster gets many logical CPUs (see logical_cpus): without this Ray would prestart as many
+    # idle Python workers when the driver connects.
+    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     # Every trial checkpoint forces an experiment snapshot (num_to_keep): expected here, not worth a warning.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     started = False
@@ -370,8 +384,11 @@ def results_table(sweep: SweepConfig, rows: list[TrialRow], best: TrialRow) -> s
     keys = sorted(sweep.space)
     head = ["trial", *keys, "status", "steps", sweep.metric]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    order = sorted(rows, key=lambda r: (r.metric is None, r.metric if sweep.mode == "min" else -(r.metric or 0)))
-    for r in order:
+    def rank(r: TrialRow):  # the best first, then trials that trained to the end, each by metric
+        scored = r.metric is not None and math.isfinite(r.metric)
+        return (r is not best, r.step < best.step, not scored, (r.metric if sweep.mode == "min" else -r.metric) if scored else 0)
+
+    for r in sorted(rows, key=rank):
         cells = [r.trial_id + (" **best**" if r is best else ""), *[_cell(r.values.get(k)) for k in keys],
                  r.status.lower(), str(r.step), "-" if r.metric is None else f"{r.metric:.4f}"]
         out.append("| " + " | ".join(cells) + " |")
@@ -388,7 +405,7 @@ def pbt_schedule_md(sweep: SweepConfig, best: TrialRow, history: list[dict[str, 
     """What PBT found: the piecewise-constant values under which the best trial's weights were trained."""
     keys = sweep.pbt.mutate
     out = [f"PBT schedule of trial {best.trial_id} ({sweep.metric} {best.metric:.4f} at step {best.step}):", "",
-           "| from step | " + " | ".join(keys) + " | weights from trial |", "|---|" + "---|" * (len(keys) + 1)]
+           "| from step | " + " | ".join(keys) + " | trained by trial |", "|---|" + "---|" * (len(keys) + 1)]
     for h in history:
         out.append(f"| {h['step']} | " + " | ".join(_cell(h["values"].get(k)) for k in keys) + f" | {h['trial_id']} |")
     return "\n".join(out) + "\n"

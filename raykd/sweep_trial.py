@@ -138,6 +138,11 @@ def run_trial(params: dict[str, Any], shared: TrialShared) -> None:
                 metrics = {k: float(v) for k, v in item["metrics"].items() if k in REPORTED_METRICS}
                 if "val_loss" in metrics:
                     logger.log({"val_loss": metrics["val_loss"]}, int(metrics["step"]))
+                if metrics.get("step", 0) >= cfg.train.max_steps:
+                    # Let the Train run end on its own before Tune hears of the last step: ASHA stops a trial
+                    # at max_t, and a stopped trial's actor dies at once, leaving its workers' placement group
+                    # to Ray Train's cleaner actor instead of a normal shutdown.
+                    runner.join()
                 _report(metrics, item["checkpoint"], {"history": history, "trial_id": trial_id}, scratch)
             runner.join()
             if errors:

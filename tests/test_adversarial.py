@@ -91,6 +91,7 @@ def test_objective_adversarial_term_state_and_curves(tmp_path):
     again.load(tmp_path)
     for a, b in zip(obj.adversary.disc.state_dict().values(), again.adversary.disc.state_dict().values()):
         assert torch.equal(a, b)
+    assert again.curves == obj.curves  # a resumed run still draws its whole history
     assert len(obj.curves["adv_disc_loss"]) == 6
 
     from raykd.method_plots import adversarial_figure

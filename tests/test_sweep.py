@@ -263,7 +263,9 @@ def test_exported_best_config_is_a_runnable_distill_config(tmp_path) -> None:
     assert load_config(DistillConfig, path) == cfg  # every field round-trips
     table = results_table(sweep, _rows(), best)
     lines = table.splitlines()
-    assert lines[0].startswith("| trial |") and "c **best**" in lines[2] and "| error | 10 | nan |" in lines[-1] or "error" in table
+    assert lines[0].startswith("| trial | loss | loss.alpha |") and lines[0].endswith("| status | steps | val_loss |")
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| c **best**", "| b", "| a", "| d"]
+    assert lines[-1].endswith("| 0.3 | None | None | None | None | None | error | 10 | nan |")
     md = pbt_schedule_md(sweep.model_copy(update={"pbt": sweep.pbt.model_copy(update={"mutate": ["loss.alpha"]})}), best, history)
     assert "| 20 | 0.9 | c |" in md and "| 0 | 0.5 | b |" in md
 
@@ -286,6 +288,34 @@ def test_heldout_loss_matches_an_independent_cross_entropy() -> None:
     model.train()
     assert heldout_loss(model, val, batch_size=4) == pytest.approx(expected, rel=1e-5)
     assert model.training  # left as it was
+
+
+def test_progress_tells_an_interrupted_sweep_from_a_finished_one(capsys) -> None:
+    import pickle
+    from types import SimpleNamespace as Trial
+
+    from raykd.sweep_progress import ACTIVE, SweepProgress
+
+    progress = SweepProgress("p", "val_loss", "min", total=3, max_steps=60, every_s=1e9)
+    progress.setup()
+    assert ACTIVE["p"] is progress
+    a = Trial(trial_id="a", status="RUNNING", last_result={}, path="/a")
+    b = Trial(trial_id="b", status="PENDING", last_result={}, path="/b")
+    progress.on_trial_start(0, [a, b], a)
+    a.last_result = {"step": 10, "val_loss": 3.0}
+    progress.on_trial_result(0, [a, b], a, a.last_result)
+    progress.on_step_end(1, [a, b])
+    a.status = b.status = "TERMINATED"  # what Tune's cleanup does to live trials after Ctrl-C
+    assert progress.final_status(a) == "RUNNING" and progress.final_status(b) == "PENDING"
+    b.status = "PENDING"
+    a.last_result = {"step": 60, "val_loss": 2.5}
+    progress.on_trial_result(0, [a, b], a, a.last_result)
+    progress.on_trial_complete(0, [a, b], a)
+    err = capsys.readouterr().err
+    assert "trial a done at step 60, val_loss 2.5000" in err and "1/3 trials done" in err and "best val_loss 2.5000 (a)" in err
+    assert "60 steps" in err and "eta" in err
+    clone = pickle.loads(pickle.dumps(progress))  # Tune pickles callbacks with the experiment
+    assert clone.trials == [] and clone.name == "p" and clone.max_steps == 60
 
 
 def test_sweep_config_imports_no_ray() -> None:

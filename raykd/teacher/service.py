@@ -99,12 +99,12 @@ class Teacher:
         """
         if top_k > self.info_.max_top_k:
             raise ValueError(f"top_k={top_k} exceeds this teacher's max_top_k={self.info_.max_top_k}")
-        self._scored += 1
+        if (extras or positions is not None) and self.info_.backend != "hf":
+            raise ValueError(f"teacher backend '{self.info_.backend}' cannot return {sorted(extras or ['masked-LM rows'])} "
+                             "(vLLM gives log-probs only); use teacher.backend: hf for hidden-state or attention "
+                             "distillation")
+        self._scored += 1  # requests actually scored (refused ones above are not)
         if extras or positions is not None:
-            if self.info_.backend != "hf":
-                raise ValueError(f"teacher backend '{self.info_.backend}' cannot return {sorted(extras or ['masked-LM rows'])} "
-                                 "(vLLM gives log-probs only); use teacher.backend: hf for hidden-state or attention "
-                                 "distillation")
             async with self._lock:
                 return await asyncio.to_thread(self.backend.score, token_ids, top_k, extras, positions, labels)
         if hasattr(self.backend, "score_async"):

@@ -13,6 +13,8 @@ import pytest
 
 from raykd.config import TeacherConfig, TinyMoeConfig, TinyTeacherConfig
 
+from .ray_start import start_ray
+
 pytestmark = pytest.mark.slow
 
 
@@ -33,7 +35,7 @@ def test_moe_teacher_is_a_qwen2_moe_hf_directory(moe_teacher):
     assert cfg["architectures"] == ["Qwen2MoeForCausalLM"]
     assert (cfg["num_experts"], cfg["num_experts_per_tok"], cfg["shared_expert_intermediate_size"]) == (4, 2, 64)
     meta = json.loads((moe_teacher / "raykd_teacher.json").read_text())
-    assert meta["config"]["moe"]["num_experts"] == 4 and meta["val_loss"] < meta["unigram_val_loss"] + 1.0
+    assert meta["config"]["moe"]["num_experts"] == 4 and meta["train_loss"] < meta["first_loss"] - 0.5  # it trains
 
 
 def test_moe_teacher_served_and_scored_by_both_backends(moe_teacher):
@@ -47,7 +49,7 @@ def test_moe_teacher_served_and_scored_by_both_backends(moe_teacher):
     tok = AutoTokenizer.from_pretrained(moe_teacher)
     ids = np.asarray(tok(generate_corpus(20_000, seed=7)).input_ids, np.int32)
     seqs = [ids[i * 64 : (i + 1) * 64] for i in range(8)]
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    start_ray(num_cpus=3)
     try:
         common = dict(path=str(moe_teacher), num_replicas=1, num_cpus=1, dtype="float32")
         hf = launch_teacher(TeacherConfig(backend="hf", app_name="moe-hf", **common), str(moe_teacher), "moe")
