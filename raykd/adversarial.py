@@ -3,7 +3,7 @@ also trained to fool it. Pure torch (the training loop calls it through raykd/ob
 
     adv = AdversarialDistiller(in_dim=21, hidden=64, lr=1e-3, label_smoothing=0.1)
     d_metrics = adv.train_discriminator(teacher_x, student_x.detach())   # D steps, its own Adam
-    loss_adv = adv.student_loss(student_x)                                # gradient to the student only
+    loss_adv = student_adversarial_loss(adv.disc, student_x)             # the student's term
 
 Inputs are rows `(N, F)`: the compared output distribution at T = 1 as log-probs floored at -20 (teacher
 top-k + tail bucket, the student's log-probs of the same outcomes), or hidden states (teacher vs projected
@@ -60,7 +60,11 @@ def student_adversarial_loss(d: nn.Module, fake: torch.Tensor) -> torch.Tensor:
 
 
 class AdversarialDistiller(nn.Module):
-    """The discriminator with its own optimizer; `all_reduce` (optional) averages D's gradients over workers."""
+    """The discriminator with its own optimizer; `all_reduce` (optional) averages D's gradients over workers.
+
+    The student's term backpropagates through D too; those gradients land in D's .grad and are discarded
+    (D's optimizer zeroes them before each of its own updates), so only the student learns from it.
+    """
 
     def __init__(self, in_dim: int, hidden: int = 64, lr: float = 1e-3, label_smoothing: float = 0.1,
                  steps: int = 1, all_reduce=None):
@@ -80,8 +84,3 @@ class AdversarialDistiller(nn.Module):
                 self.all_reduce(self.disc.parameters())
             self.optimizer.step()
         return {"adv_disc_loss": float(loss.detach()), "adv_disc_accuracy": float(acc)}
-
-    def student_loss(self, fake: torch.Tensor) -> torch.Tensor:
-        """The student's term; D's parameters get no gradient from it (they are not in its graph's leaves
-        that the student optimizer steps, and D's own grads are cleared before each D update)."""
-        return student_adversarial_loss(self.disc, fake)

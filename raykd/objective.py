@@ -283,6 +283,8 @@ class Objective:
         return total
 
     def _adversarial_term(self, step, t1, s1, t_hidden, s_hidden, mask, metrics) -> torch.Tensor:
+        from raykd.adversarial import student_adversarial_loss
+
         a = self.lc.adversarial
         if a.input == "distribution":
             # (N, C) log-probs of the compared outcomes at T = 1, floored: probabilities would give a
@@ -296,13 +298,11 @@ class Objective:
         rows = torch.arange(real.shape[0], device=real.device)
         if mask is not None:
             rows = rows[mask > 0]
-        if len(rows) > a.max_rows:  # same rows on every worker count: seeded by step and rank
+        if len(rows) > a.max_rows:  # a seeded subsample (by seed, step and rank): reruns see the same rows
             g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step * 131 + self.rank)
             rows = rows[torch.randperm(len(rows), generator=g)[: a.max_rows].to(rows.device)]
         real, fake = real[rows], fake[rows]
         metrics.update(self.adversary.train_discriminator(real, fake.detach()))
-        from raykd.adversarial import student_adversarial_loss
-
         loss_adv = student_adversarial_loss(self.adversary.disc, fake)
         ramp = min(1.0, (step + 1) / a.warmup_steps) if a.warmup_steps else 1.0
         metrics["loss_adv"] = float(loss_adv.detach())
