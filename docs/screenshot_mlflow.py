@@ -23,7 +23,8 @@ import urllib.request
 from pathlib import Path
 
 
-async def _capture(ws_url: str, url: str, wait_for: list[str], timeout: float, settle: float, out: Path) -> None:
+async def _capture(ws_url: str, url: str, wait_for: list[str], timeout: float, settle: float, out: Path,
+                   scripts: list[str], max_height: int) -> None:
     import websockets
 
     async with websockets.connect(ws_url, max_size=64 << 20) as ws:
@@ -46,10 +47,17 @@ async def _capture(ws_url: str, url: str, wait_for: list[str], timeout: float, s
             if all(w in text for w in wait_for):
                 break
             if time.monotonic() > deadline:
-                raise TimeoutError(f"page never showed {wait_for} within {timeout:.0f}s")
+                raise TimeoutError(f"page never showed {wait_for} within {timeout:.0f}s; it shows: {text[:600]!r}")
             await asyncio.sleep(1.0)
+        for snippet in scripts:  # e.g. close a side panel
+            await call("Runtime.evaluate", expression=snippet)
         await asyncio.sleep(settle)
-        shot = await call("Page.captureScreenshot", format="png")
+        params = {"format": "png"}
+        if max_height:  # the whole page down to max_height pixels, not just the window
+            size = (await call("Page.getLayoutMetrics"))["cssContentSize"]
+            params.update(captureBeyondViewport=True, clip={"x": 0, "y": 0, "width": size["width"],
+                                                            "height": min(size["height"], max_height), "scale": 1})
+        shot = await call("Page.captureScreenshot", **params)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(base64.b64decode(shot["data"]))
 
@@ -63,6 +71,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--settle", type=float, default=5.0, help="seconds after the text appears (charts)")
     parser.add_argument("--port", type=int, default=9333)
+    parser.add_argument("--js", action="append", default=[], help="JavaScript run before the capture (repeatable)")
+    parser.add_argument("--max-height", type=int, default=0, help="capture the page down to this height (0: window)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as profile:
         chrome = subprocess.Popen(
@@ -81,7 +91,8 @@ def main() -> None:
                     time.sleep(1)
             else:
                 raise RuntimeError("chromium's DevTools endpoint did not come up")
-            asyncio.run(_capture(ws_url, args.url, args.wait_for, args.timeout, args.settle, args.out))
+            asyncio.run(_capture(ws_url, args.url, args.wait_for, args.timeout, args.settle, args.out, args.js,
+                                 args.max_height))
         finally:
             chrome.terminate()
             chrome.wait(timeout=30)

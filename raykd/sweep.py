@@ -266,7 +266,8 @@ def _new_tuner(sweep: SweepConfig, base: DistillConfig, trainable, exp_dir: Path
         run_config=tune.RunConfig(
             name=sweep.name, storage_path=str(exp_dir.parent), verbose=0,
             callbacks=[SweepProgress(sweep.name, sweep.metric, sweep.mode, total_trials(sweep), tc.max_steps)],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # PBT clones other trials' latest checkpoints: keep a few so one is never deleted under a clone.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if sweep.scheduler == "pbt" else 2),
         ),
     )
 
@@ -386,10 +387,10 @@ def results_table(sweep: SweepConfig, rows: list[TrialRow], best: TrialRow) -> s
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     def rank(r: TrialRow):  # the best first, then trials that trained to the end, each by metric
         scored = r.metric is not None and math.isfinite(r.metric)
-        return (r is not best, r.step < best.step, not scored, (r.metric if sweep.mode == "min" else -r.metric) if scored else 0)
+        return (r.trial_id != best.trial_id, r.step < best.step, not scored, (r.metric if sweep.mode == "min" else -r.metric) if scored else 0)
 
     for r in sorted(rows, key=rank):
-        cells = [r.trial_id + (" **best**" if r is best else ""), *[_cell(r.values.get(k)) for k in keys],
+        cells = [r.trial_id + (" **best**" if r.trial_id == best.trial_id else ""), *[_cell(r.values.get(k)) for k in keys],
                  r.status.lower(), str(r.step), "-" if r.metric is None else f"{r.metric:.4f}"]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
