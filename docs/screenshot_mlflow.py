@@ -49,8 +49,9 @@ async def _capture(ws_url: str, url: str, wait_for: list[str], timeout: float, s
             if time.monotonic() > deadline:
                 raise TimeoutError(f"page never showed {wait_for} within {timeout:.0f}s; it shows: {text[:600]!r}")
             await asyncio.sleep(1.0)
-        for snippet in scripts:  # e.g. close a side panel
+        for snippet in scripts:  # e.g. close a side panel, open an artifact
             await call("Runtime.evaluate", expression=snippet)
+            await asyncio.sleep(3.0)
         await asyncio.sleep(settle)
         params = {"format": "png"}
         if max_height:  # the whole page down to max_height pixels, not just the window

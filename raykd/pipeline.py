@@ -253,13 +253,19 @@ class _Runner:
         return evaluate_student(student_dir, self.plan.eval_sets, top1, name, stage, self.plan.tokenizer,
                                 e.em_max_new_tokens, e.gen_tokens, threads)
 
-    def _init_student_dir(self, sp: StagePlan) -> Path:
+    def _init_dir(self, stage0_hash: str, teacher_fp: str) -> Path:
+        """Where the starting student's evaluation is kept: keyed by what it depends on, so a resumed run
+        reuses it and a changed config does not."""
+        key = json.dumps([stage0_hash, teacher_fp, self.cfg.eval.model_dump(mode="json"), self.plan.sources])
+        return self.root / "init" / hashlib.sha256(key.encode()).hexdigest()[:12]
+
+    def _init_student_dir(self, sp: StagePlan, init_dir: Path) -> Path:
         """The student before any stage: the given start, or derived from stage 0's teacher (as Train will)."""
         if sp.cfg.student.path:
             return Path(sp.cfg.student.path)
         from raykd.models import build_student
 
-        out = self.root / "init" / "student"
+        out = init_dir / "student"
         if not (out / "config.json").is_file():
             student, _ = build_student(sp.prep.teacher_path, sp.cfg.student, sp.cfg.seed)
             student.save_pretrained(out, safe_serialization=True)
@@ -307,11 +313,13 @@ class _Runner:
             t_row, top1 = self._teacher_eval(handle, sp, prep.teacher_path, prep.fingerprint)
             threads = max(1, int(cfg_i.teacher.num_cpus))
             if sp.index == 0 and self.cfg.eval.evaluate_init and not self.rows:
-                init_rows = _load_rows(self.root / "init" / "eval.json")
+                init_dir = self._init_dir(config_hash, prep.fingerprint)
+                init_rows = _load_rows(init_dir / "eval.json")
                 if init_rows is None:
                     say(f"{label}: evaluating the starting student")
-                    init_rows = [self._student_eval(self._init_student_dir(sp), top1, "student (start)", "start", threads)]
-                    _save_rows(self.root / "init" / "eval.json", init_rows)
+                    start = self._init_student_dir(sp, init_dir)
+                    init_rows = [self._student_eval(start, top1, "student (start)", "start", threads)]
+                    _save_rows(init_dir / "eval.json", init_rows)
                 self.rows.extend(init_rows)
             if spec.responses:
                 max_len = handle.info.remote().result().max_model_len
@@ -344,16 +352,20 @@ class _Runner:
             log_stage_plots(self.uri, run_id, spec.name)
         self._add_rows(spec.name, stage_rows)
         self._record(sp, run_id, trained.student_dir, cfg_i, prep.teacher_path, prep.fingerprint)
-        mark_stage_complete(self.client, self.parent_id, spec.name, run_id, str(trained.student_dir), config_hash)
+        mark_stage_complete(self.client, self.parent_id, spec.name, run_id, str(trained.student_dir), config_hash,
+                            teacher=prep.teacher_path, teacher_fingerprint=prep.fingerprint)
         return trained.student_dir
 
-    def _record(self, sp: StagePlan, run_id: str, student_dir: Path, cfg_i: DistillConfig, teacher: str, fp: str) -> None:
+    def _record(self, sp: StagePlan, run_id: str, student_dir: Path, cfg_i: DistillConfig, teacher: str, fp: str,
+                log: bool = True) -> None:
         import mlflow
 
         self.stage_runs[sp.spec.name] = run_id
         self.lineage.append({"stage": sp.spec.name, "kind": sp.spec.kind, "run_id": run_id, "teacher": teacher,
                              "teacher_fingerprint": fp, "data": cfg_i.data.source, "steps": cfg_i.train.max_steps,
                              "student_dir": str(student_dir)})
+        if not log:  # a reused stage: its metrics are on the parent already
+            return
         s_row = [r for r in self.rows if r.role == "student"][-1]
         mlflow.log_metrics({k.replace("eval_student_", "stage_student_"): v for k, v in s_row.as_metrics("eval_student").items()},
                            step=sp.index + 1, run_id=self.parent_id)
@@ -365,12 +377,11 @@ class _Runner:
         if not (student_dir / "config.json").is_file() or rows is None:
             return None
         if sp.index == 0 and self.cfg.eval.evaluate_init and not self.rows:
-            self.rows.extend(_load_rows(self.root / "init" / "eval.json") or [])
+            teacher_fp = rec.get("teacher_fingerprint", "")
+            self.rows.extend(_load_rows(self._init_dir(rec.get("config_hash", ""), teacher_fp) / "eval.json") or [])
         self._add_rows(sp.spec.name, rows)
-        teacher = self.client.get_run(rec["run_id"]).data.params.get("teacher.resolved_path", "")
-        from raykd.models import model_fingerprint
-
-        self._record(sp, rec["run_id"], student_dir, cfg_i, teacher, model_fingerprint(teacher) if teacher else "")
+        self._record(sp, rec["run_id"], student_dir, cfg_i, rec.get("teacher", ""), rec.get("teacher_fingerprint", ""),
+                     log=False)
         say(f"{sp.label}: completed by an earlier run ({rec['run_id']}); reusing {student_dir}")
         return student_dir
 

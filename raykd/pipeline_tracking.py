@@ -7,6 +7,7 @@ lives in the parent's tags, written once a stage is complete (student exported, 
     raykd.stage.<name>.run_id       child run of the stage
     raykd.stage.<name>.student_dir  exported HF directory, the start of the next stage
     raykd.stage.<name>.config_hash  hash of the resolved stage config: a changed stage is re-run
+    raykd.stage.<name>.teacher      the stage's (possibly adapted) teacher and its fingerprint
     raykd.completed_stages          comma-separated, in order
 
 Plots are PNGs made from MLflow's metric history (what the Train workers logged), so they show exactly
@@ -35,9 +36,12 @@ def completed_stages(client, parent_run_id: str) -> dict[str, dict[str, str]]:
     return out
 
 
-def mark_stage_complete(client, parent_run_id: str, name: str, run_id: str, student_dir: str, config_hash: str) -> None:
+def mark_stage_complete(client, parent_run_id: str, name: str, run_id: str, student_dir: str, config_hash: str,
+                        **extra: str) -> None:
+    """Record a finished stage (extra: e.g. teacher, teacher_fingerprint) and append it to the completed list."""
     done = list(completed_stages(client, parent_run_id))
-    for key, value in (("run_id", run_id), ("student_dir", student_dir), ("config_hash", config_hash)):
+    items = {"run_id": run_id, "student_dir": student_dir, "config_hash": config_hash, **extra}
+    for key, value in items.items():
         client.set_tag(parent_run_id, f"raykd.stage.{name}.{key}", value)
     if name not in done:
         done.append(name)

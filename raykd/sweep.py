@@ -128,6 +128,8 @@ def run_sweep(sweep: SweepConfig, base: DistillConfig, resume: bool = False) -> 
     os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     # Every trial checkpoint forces an experiment snapshot (num_to_keep): expected here, not worth a warning.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if not resume:
+        _retire_unfinished_runs(uri, base.mlflow.experiment, sweep.name)
     started = False
     with tracked_run(uri, base.mlflow.experiment, sweep.name, params, {"raykd.job": "sweep"}) as parent_id:
         try:
@@ -158,6 +160,24 @@ def run_sweep(sweep: SweepConfig, base: DistillConfig, resume: bool = False) -> 
             return outcome
         finally:
             shutdown_ray(started)
+
+
+def _retire_unfinished_runs(uri: str, experiment: str, name: str) -> None:
+    """A new sweep must not continue the MLflow run of an interrupted one whose Tune state is gone (tracked_run
+    continues any unfinished run of the same name): rename those runs out of the way."""
+    from mlflow.tracking import MlflowClient
+
+    from raykd.tracking import RUN_NAME_TAG
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return
+    for run in client.search_runs([exp.experiment_id], f"tags.`{RUN_NAME_TAG}` = '{name}'", max_results=1000):
+        if run.info.status != "FINISHED" and "mlflow.parentRunId" not in run.data.tags:
+            client.set_tag(run.info.run_id, RUN_NAME_TAG, f"{name}~abandoned")
+            if run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, "KILLED")
 
 
 def _shared_inputs(sweep: SweepConfig, base: DistillConfig, prep) -> dict[str, Any]:
@@ -266,8 +286,9 @@ def _new_tuner(sweep: SweepConfig, base: DistillConfig, trainable, exp_dir: Path
         run_config=tune.RunConfig(
             name=sweep.name, storage_path=str(exp_dir.parent), verbose=0,
             callbacks=[SweepProgress(sweep.name, sweep.metric, sweep.mode, total_trials(sweep), tc.max_steps)],
-            # PBT clones other trials' latest checkpoints: keep a few so one is never deleted under a clone.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if sweep.scheduler == "pbt" else 2),
+            # PBT restores a trial from another's checkpoint, which must still exist when the (slow) restart
+            # reads it: keep every checkpoint then (a student's are small); else the last two.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if sweep.scheduler == "pbt" else 2),
         ),
     )
 

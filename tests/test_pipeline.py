@@ -271,10 +271,11 @@ def test_completed_stages_recorded_on_the_parent_run(tmp_path):
         client = MlflowClient(uri)
         assert completed_stages(client, parent) == {}
         mark_stage_complete(client, parent, "general", "r1", "/s1", "h1")
-        mark_stage_complete(client, parent, "instruction", "r2", "/s2", "h2")
+        mark_stage_complete(client, parent, "instruction", "r2", "/s2", "h2", teacher="/t", teacher_fingerprint="f")
         assert completed_stages(client, parent) == {
             "general": {"run_id": "r1", "student_dir": "/s1", "config_hash": "h1"},
-            "instruction": {"run_id": "r2", "student_dir": "/s2", "config_hash": "h2"},
+            "instruction": {"run_id": "r2", "student_dir": "/s2", "config_hash": "h2", "teacher": "/t",
+                            "teacher_fingerprint": "f"},
         }
         forget_stages_from(client, parent, ["instruction", "domain"])
         assert list(completed_stages(client, parent)) == ["general"]

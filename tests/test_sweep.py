@@ -270,6 +270,23 @@ def test_exported_best_config_is_a_runnable_distill_config(tmp_path) -> None:
     assert "| 20 | 0.9 | c |" in md and "| 0 | 0.5 | b |" in md
 
 
+def test_a_new_sweep_does_not_continue_an_abandoned_parent_run(tmp_path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from raykd.sweep import _retire_unfinished_runs
+    from raykd.tracking import tracked_run
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with pytest.raises(KeyboardInterrupt), tracked_run(uri, "e", "sweep-x", {"a": "1"}) as old:
+        raise KeyboardInterrupt  # an interrupted sweep whose Tune state was then deleted
+    _retire_unfinished_runs(uri, "e", "sweep-x")
+    with tracked_run(uri, "e", "sweep-x", {"a": "2"}) as new:
+        pass
+    assert new != old
+    client = MlflowClient(uri)
+    assert client.get_run(old).info.status == "KILLED" and client.get_run(new).data.params == {"a": "2"}
+
+
 def test_heldout_loss_matches_an_independent_cross_entropy() -> None:
     import numpy as np
     import torch
