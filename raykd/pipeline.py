@@ -386,7 +386,7 @@ class _Runner:
         return student_dir
 
 
-def _init_ray(cpus: float, attempts: int = 3) -> bool:
+def start_ray(cpus: float, attempts: int = 3) -> bool:
     """`raykd.cluster.init_ray`, retried: Ray gives its raylet a fixed 30 s to register, which an overloaded
     shared machine can miss; a pipeline that already spent minutes planning should not die of that."""
     import time
@@ -428,7 +428,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         mlflow.log_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/pipeline.yaml", run_id=parent_id)
         done = completed_stages(runner.client, parent_id)
         try:
-            started = _init_ray(cpus)
+            started = start_ray(cpus)
             student_dir: Path | None = Path(plan.stages[0].cfg.student.path) if plan.stages[0].cfg.student.path else None
             rerun = False
             for sp in plan.stages:

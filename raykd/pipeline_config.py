@@ -83,6 +83,8 @@ class ResponsesConfig(StrictModel):
     stop_after: str | None = Field(
         "####", description="Cut the answer after the first line that contains this marker (GSM8K's answer line)."
     )
+    request_prompts: int = Field(8, ge=1, description="Prompts per generate request to the teacher.")
+    max_inflight: int = Field(4, ge=1, description="Requests in flight at once (keeps several replicas busy).")
 
 
 class StageSpec(BaseModel):

@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -202,17 +203,24 @@ def teacher_responses(
     keep = max(1, max_model_len - cfg.max_new_tokens)
     ids = [np.asarray(tokenizer.encode(p + "\n\n", add_special_tokens=False)[-keep:], np.int32) for p in prompts]
     answers: list[str] = []
-    t0, chunk = time.monotonic(), 8
-    for i in range(0, len(ids), chunk):
-        gen = handle.generate.remote(ids[i : i + chunk], cfg.max_new_tokens, cfg.temperature).result()
-        for toks in gen.tokens:
-            toks = list(np.asarray(toks))
+    t0, chunk = time.monotonic(), cfg.request_prompts
+    pending: deque = deque()  # DeploymentResponses in submission order: at most max_inflight outstanding
+
+    def collect() -> None:
+        for toks in pending.popleft().result().tokens:
+            toks = [int(t) for t in np.asarray(toks)]
             if eos is not None and eos in toks:
                 toks = toks[: toks.index(eos)]
             answers.append(_cut(tokenizer.decode(toks, skip_special_tokens=True), cfg.stop_after).strip())
-        done = len(answers)
-        rate = done / (time.monotonic() - t0)
-        _say(f"  teacher answers {done}/{len(ids)} ({rate:.1f} prompts/s, eta {(len(ids) - done) / rate:.0f}s)")
+        rate = len(answers) / (time.monotonic() - t0)
+        _say(f"  teacher answers {len(answers)}/{len(ids)} ({rate:.1f} prompts/s, eta {(len(ids) - len(answers)) / rate:.0f}s)")
+
+    for i in range(0, len(ids), chunk):
+        pending.append(handle.generate.remote(ids[i : i + chunk], cfg.max_new_tokens, cfg.temperature))
+        if len(pending) >= cfg.max_inflight:
+            collect()
+    while pending:
+        collect()
     pairs = [{cfg.prompt_field: p, cfg.response_field: a} for p, a in zip(prompts, answers) if a]
     if not pairs:
         raise RuntimeError(f"the teacher answered none of {len(prompts)} prompts (only whitespace within "

@@ -62,9 +62,10 @@ def mlflow_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    from raykd.cluster import init_ray, shutdown_ray
+    from raykd.cluster import shutdown_ray
+    from raykd.pipeline import start_ray
 
-    started = init_ray(2)
+    started = start_ray(2)  # init_ray, retried if an overloaded machine misses Ray's 30 s start-up window
     yield
     shutdown_ray(started)
 
