@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -85,18 +86,23 @@ def run_one(trials: int, private: bool, steps: int, work: Path) -> dict:
            "scheduler=fifo", f"teacher_per_trial={str(private).lower()}", f"base.train.max_steps={steps}",
            "base.train.cpus_per_worker=0.5", "base.train.torch_threads=1", f"base.output_dir={work / 'outputs'}",
            f"export_path={work / name / 'best.yaml'}"]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": str(ROOT)}
     log = work / f"{name}.log"
     print(f"[bench] {name}: {' '.join(cmd[3:])}", file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    with log.open("w") as fh:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
-        sampler = Sampler(proc.pid)
-        sampler.start()
-        rc = proc.wait()
-    wall = time.perf_counter() - start
-    sampler.stop.set()
-    sampler.join()
+    for attempt in range(3):  # an overloaded machine can miss Ray's 30 s node start-up deadline: retry that only
+        start = time.perf_counter()
+        with log.open("w") as fh:
+            proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=fh, stderr=subprocess.STDOUT)
+            sampler = Sampler(proc.pid)
+            sampler.start()
+            rc = proc.wait()
+        wall = time.perf_counter() - start
+        sampler.stop.set()
+        sampler.join()
+        if rc == 0 or "timed out during startup" not in log.read_text():
+            break
+        print(f"[bench] {name}: Ray start-up timed out (attempt {attempt + 1}); retrying", file=sys.stderr, flush=True)
     if rc != 0:
         raise SystemExit(f"[bench] {name} failed (rc {rc}); see {log}")
     row = dict(mode="private" if private else "shared", trials=trials, steps=steps, wall_s=round(wall, 1),
@@ -123,10 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "sweep_teacher_memory.md")
     args = parser.parse_args(argv)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="raykd-bench-sweep-") as tmp:
-        for n in args.trials:
-            for private in (False, True):
-                rows.append(run_one(n, private, args.steps, Path(tmp)))
+    work = Path(tempfile.mkdtemp(prefix="raykd-bench-sweep-"))  # logs stay here if a run fails
+    for n in args.trials:
+        for private in (False, True):
+            rows.append(run_one(n, private, args.steps, work))
+    shutil.rmtree(work, ignore_errors=True)
     note = (f"`raykd sweep` of jobs/configs/sweep_asha.yaml with FIFO scheduling, {args.steps} steps per trial, "
             "1 Train worker per trial (0.5 logical CPU), every trial running at once; shared = one Serve teacher "
             "for the sweep, private = `teacher_per_trial: true`. Written by benchmarks/sweep_teacher_memory.py.")

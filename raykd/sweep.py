@@ -349,7 +349,7 @@ def _summarize(sweep: SweepConfig, base: DistillConfig, rows: list[TrialRow], ur
     print(table, flush=True)
     files = [export_path, out_dir / "results.md"]
     if sweep.scheduler == "pbt":
-        (out_dir / "pbt_schedule.md").write_text(pbt_schedule_md(sweep, best, history))
+        (out_dir / "pbt_schedule.md").write_text(pbt_schedule_md(sweep, rows, best))
         files.append(out_dir / "pbt_schedule.md")
         say(f"PBT schedule of the best trial:\n{(out_dir / 'pbt_schedule.md').read_text()}")
     from mlflow.tracking import MlflowClient
@@ -423,11 +423,18 @@ def _cell(v: Any) -> str:
     return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
 
 
-def pbt_schedule_md(sweep: SweepConfig, best: TrialRow, history: list[dict[str, Any]]) -> str:
-    """What PBT found: the piecewise-constant values under which the best trial's weights were trained."""
+def pbt_schedule_md(sweep: SweepConfig, rows: list[TrialRow], best: TrialRow) -> str:
+    """What PBT found: for every trial (best first), the piecewise-constant values its final weights were
+    trained with, and from which trial's run each piece came (a PBT exploit copies another trial's weights)."""
     keys = sweep.pbt.mutate
-    out = [f"PBT schedule of trial {best.trial_id} ({sweep.metric} {best.metric:.4f} at step {best.step}):", "",
-           "| from step | " + " | ".join(keys) + " | trained by trial |", "|---|" + "---|" * (len(keys) + 1)]
-    for h in history:
-        out.append(f"| {h['step']} | " + " | ".join(_cell(h["values"].get(k)) for k in keys) + f" | {h['trial_id']} |")
-    return "\n".join(out) + "\n"
+    out = [f"PBT schedules ({sweep.metric} at the last step; best first). A row is a piece of training: from that",
+           "step on, these values, on weights trained by that trial.", ""]
+    for row in sorted(rows, key=lambda r: (r is not best, r.metric if r.metric is not None else math.inf)):
+        history = read_history(row.checkpoint)
+        metric = "-" if row.metric is None else f"{row.metric:.4f}"
+        out += [f"Trial {row.trial_id}{' (best)' if row is best else ''}: {sweep.metric} {metric} at step {row.step}", "",
+                "| from step | " + " | ".join(keys) + " | trained by trial |", "|---|" + "---|" * (len(keys) + 1)]
+        for h in history:
+            out.append(f"| {h['step']} | " + " | ".join(_cell(h["values"].get(k)) for k in keys) + f" | {h['trial_id']} |")
+        out.append("")
+    return "\n".join(out)

@@ -112,3 +112,29 @@ def test_config():
         load_config(DistillConfig, None, ["loss.adversarial.weight=0.1", "loss.adversarial.input=hidden"])
     with pytest.raises(ConfigError, match="label_smoothing"):
         load_config(DistillConfig, None, ["loss.adversarial.label_smoothing=0.7"])
+
+
+def test_objective_adversarial_on_hidden_states():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from raykd.objective import Objective
+    from raykd.signals import signals_from_logprobs
+
+    torch.manual_seed(0)
+    sc = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=32, num_hidden_layers=2, num_attention_heads=1,
+                     num_key_value_heads=1, head_dim=32)
+    student = LlamaForCausalLM(sc)
+    cfg = load_config(DistillConfig, None, ["loss.top_k=5", "loss.adversarial.weight=0.2", "loss.adversarial.input=hidden",
+                                            "loss.hidden.layer_map={2: 3}", "loss.adversarial.disc_steps=2"])
+    obj = Objective(cfg, sc, use_teacher=True)
+    assert obj.teacher_extras() == {"hidden_states": [3]} and obj.model_kwargs() == {"output_hidden_states": True}
+    ids = torch.randint(0, 50, (2, 9))
+    sig = signals_from_logprobs(torch.log_softmax(torch.randn(16, 50), -1).numpy(), ids[:, 1:].reshape(-1).numpy(),
+                                np.array([0, 8, 16]), 5)
+    sig.extras["hidden_states"] = np.random.default_rng(0).normal(size=(16, 1, 48)).astype(np.float32)
+    out = student(input_ids=ids, **obj.model_kwargs())
+    loss, m = obj.compute_loss(0, out, ids, sig)
+    loss.backward()
+    assert "loss_hidden" not in m and np.isfinite(m["loss_adv"])  # hidden weight 0: states feed D only
+    assert obj.adversary.disc.net[0].parametrizations.weight.original.shape == (64, 48)  # D sees teacher width
+    assert obj.projector.proj[0].weight.grad is not None  # the student side goes through W

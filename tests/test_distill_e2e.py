@@ -73,6 +73,13 @@ def test_distill_end_to_end(tmp_path, tiny_teacher):
     assert out.shape[1] == ids.shape[1] + 5 and model.config.num_hidden_layers == 1
 
 
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return ""
+
+
 def test_killed_run_resumes_from_last_checkpoint(tmp_path, tiny_teacher):
     cmd = [sys.executable, "-m", "raykd.cli", "distill", "--config", str(QUICKSTART),
            *tiny_overrides(tiny_teacher, "resume", 400), "eval.baseline=false", "train.checkpoint_every=20"]
@@ -81,7 +88,10 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path, tiny_teacher):
     first = subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path), stdout=first_log, stderr=subprocess.STDOUT,
                              start_new_session=True)
     deadline = time.time() + 600
-    while time.time() < deadline and first.poll() is None and not list(ckpt_root.glob("checkpoint_*")):
+    # Kill once Ray Train has *registered* a checkpoint (its snapshot names it), not when the checkpoint folder
+    # first appears: a run killed in between has nothing to resume from and rightly starts again.
+    snapshot = ckpt_root / "checkpoint_manager_snapshot.json"
+    while time.time() < deadline and first.poll() is None and "checkpoint_" not in _read(snapshot):
         time.sleep(0.2)
     assert first.poll() is None, "the first run ended early:\n" + (tmp_path / "first.log").read_text()[-4000:]
     os.killpg(first.pid, signal.SIGKILL)

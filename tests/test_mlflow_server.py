@@ -145,7 +145,7 @@ def test_runs_of_several_pipelines_compare_side_by_side(mlflow_server, two_pipel
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
 
     # Both final students are versions of one registered model, each with its pipeline's lineage.
-    versions = _api(url, "POST", "model-versions/search", json={"filter": "name = 'cmp-student'"})["model_versions"]
+    versions = _api(url, "GET", "model-versions/search", params={"filter": "name = 'cmp-student'"})["model_versions"]
     assert len(versions) == 2
     by_run = {}
     for v in versions:

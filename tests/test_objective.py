@@ -96,6 +96,11 @@ def test_seqkd_prompt_rows_are_masked(student):
     logits = out.logits[:, 3:-1].reshape(-1, V)  # rows 3..8 predict tokens 4..9 (the continuation)
     expected = torch.nn.functional.cross_entropy(logits, ids[:, 4:].reshape(-1))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    cfg_all = load_config(DistillConfig, None, ["loss.alpha=0", "seqkd.enabled=true", "seqkd.prompt_tokens=4",
+                                                "data.seq_len=16", "seqkd.loss_on_prompt=true"])
+    loss_all, _ = Objective(cfg_all, student.config, use_teacher=False).compute_loss(0, out, ids, None)
+    everything = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, V), ids[:, 1:].reshape(-1))
+    assert loss_all.item() == pytest.approx(everything.item(), rel=1e-6)
 
 
 def test_schedules_are_applied_per_step_and_logged(student):

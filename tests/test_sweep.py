@@ -266,8 +266,14 @@ def test_exported_best_config_is_a_runnable_distill_config(tmp_path) -> None:
     assert lines[0].startswith("| trial | loss | loss.alpha |") and lines[0].endswith("| status | steps | val_loss |")
     assert [line.split(" | ")[0] for line in lines[2:]] == ["| c **best**", "| b", "| a", "| d"]
     assert lines[-1].endswith("| 0.3 | None | None | None | None | None | error | 10 | nan |")
-    md = pbt_schedule_md(sweep.model_copy(update={"pbt": sweep.pbt.model_copy(update={"mutate": ["loss.alpha"]})}), best, history)
-    assert "| 20 | 0.9 | c |" in md and "| 0 | 0.5 | b |" in md
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "sweep_state.json").write_text(json.dumps({"history": history, "trial_id": "c"}))
+    best.checkpoint = str(ckpt)
+    pbt = sweep.model_copy(update={"pbt": sweep.pbt.model_copy(update={"mutate": ["loss.alpha"]})})
+    md = pbt_schedule_md(pbt, [_rows()[1], best], best)
+    assert md.index("Trial c (best): val_loss 3.4000 at step 60") < md.index("Trial b: val_loss 3.5000")
+    assert "| 0 | 0.5 | b |\n| 20 | 0.9 | c |" in md
 
 
 def test_a_new_sweep_does_not_continue_an_abandoned_parent_run(tmp_path) -> None:
@@ -411,10 +417,11 @@ def test_asha_sweep_tracks_trials_and_its_best_config_reproduces(tmp_path, tiny_
 
 @pytest.mark.slow
 def test_pbt_sweep_copies_checkpoints_and_records_the_schedule(tmp_path, tiny_teacher) -> None:
-    proc = subprocess.run(_sweep_cmd(PBT_YAML, tmp_path, tiny_teacher, "pbt"), cwd=tmp_path, env=_env(tmp_path),
-                          capture_output=True, text=True, timeout=1800)
+    # Synchronous PBT: at step 10 every trial waits for the others, then the worst one (1 of 4) continues
+    # from the best one's checkpoint with perturbed T/alpha, and the others from their own (a pause/restore).
+    cmd = _sweep_cmd(PBT_YAML, tmp_path, tiny_teacher, "pbt", "pbt.synch=true", "base.train.max_steps=20")
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-6000:]
-    # Every trial trained to the end; at least one exploited another's checkpoint (1 of 4 at each interval).
     histories = []
     for state in (tmp_path / "sweeps" / "pbt").glob("*/checkpoint_*/sweep_state.json"):
         histories.append(json.loads(state.read_text())["history"])
@@ -427,9 +434,9 @@ def test_pbt_sweep_copies_checkpoints_and_records_the_schedule(tmp_path, tiny_te
             assert 1.0 <= e["values"]["loss.temperature"] <= 6.0 and 0.1 <= e["values"]["loss.alpha"] <= 0.95
     out = tmp_path / "out" / "pbt"
     schedule = (out / "pbt_schedule.md").read_text()
-    assert schedule.startswith("PBT schedule of trial") and "| 0 |" in schedule
+    assert schedule.startswith("PBT schedules") and "(best)" in schedule and "| 0 |" in schedule
     cfg = load_config(DistillConfig, out / "best.yaml")
-    assert cfg.run_name == "pbt-best" and cfg.train.max_steps == 30
+    assert cfg.run_name == "pbt-best" and cfg.train.max_steps == 20
     client, runs = _mlflow(tmp_path)
     parent = next(r for r in runs if r.info.run_name == "pbt")
     children = _children(runs, parent)
