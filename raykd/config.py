@@ -375,22 +375,25 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def read_yaml_tree(path: str | Path | None) -> tuple[dict[str, Any], str]:
+    """The mapping in the YAML file at `path` ({} for None) and the source name errors should cite."""
+    if path is None:
+        return {}, "config"
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    return loaded or {}, str(p)
+
+
 def load_config(model: type[M], path: str | Path | None, overrides: list[str] | None = None) -> M:
     """Read YAML at `path` (or start from defaults), apply `key=value` overrides, validate strictly."""
-    tree: dict[str, Any] = {}
-    source = "config"
-    if path is not None:
-        p = Path(path)
-        source = str(p)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
-        tree = loaded or {}
+    tree, source = read_yaml_tree(path)
     tree = deep_merge(tree, parse_overrides(overrides or []))
     try:
         return model.model_validate(tree)

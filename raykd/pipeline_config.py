@@ -20,7 +20,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from raykd.config import (
@@ -32,6 +31,7 @@ from raykd.config import (
     _first_error,
     deep_merge,
     parse_overrides,
+    read_yaml_tree,
 )
 
 NAME = r"^[A-Za-z0-9_.-]+$"
@@ -232,20 +232,7 @@ def _apply_stage_overrides(tree: dict[str, Any], stage_ov: dict[str, Any]) -> No
 
 def load_pipeline_config(path: str | Path | None, overrides: list[str] | None = None) -> PipelineConfig:
     """Read the YAML, apply `key=value` overrides (stages by name or index), validate strictly."""
-    tree: dict[str, Any] = {}
-    source = "config"
-    if path is not None:
-        p = Path(path)
-        source = str(p)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
-        tree = loaded or {}
+    tree, source = read_yaml_tree(path)
     ov = parse_overrides(overrides or [])
     stage_ov = ov.pop("stages", None)
     tree = deep_merge(tree, ov)

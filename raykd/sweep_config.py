@@ -33,10 +33,10 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from raykd.config import ConfigError, DistillConfig, StrictModel, _first_error, deep_merge, parse_overrides
+from raykd.config import (ConfigError, DistillConfig, StrictModel, _first_error, deep_merge, parse_overrides,
+                          read_yaml_tree)
 
 # What a trial reports to Tune at every checkpoint (raykd/train/loop.py, raykd/sweep_trial.py). `val_loss` is
 # the student's mean next-token cross-entropy on the first `eval.max_sequences` held-out sequences: the
@@ -167,14 +167,7 @@ class SweepConfig(StrictModel):
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[SweepConfig, DistillConfig]:
     """Read and check a sweep YAML and its base config: everything that needs no cluster and no model."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        tree = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{p}: top level must be a mapping")
+    tree, _ = read_yaml_tree(p)
     tree = deep_merge(tree, parse_overrides(overrides or []))
     try:
         sweep = SweepConfig.model_validate(tree)
@@ -190,9 +183,7 @@ def resolve_base(sweep: SweepConfig, root: Path) -> DistillConfig:
         base_path = Path(sweep.base) if Path(sweep.base).is_absolute() else root / sweep.base
         if not base_path.is_file():
             raise ConfigError(f"base: config file not found: {base_path}")
-        tree, source = yaml.safe_load(base_path.read_text()) or {}, str(base_path)
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{base_path}: top level must be a mapping")
+        tree, source = read_yaml_tree(base_path)
     else:
         tree, source = sweep.base, "base"
     tree = deep_merge(tree, parse_overrides(sweep.base_overrides))
