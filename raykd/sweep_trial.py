@@ -194,4 +194,7 @@ def _fit(cfg: DistillConfig, name: str, storage: str, loop_cfg: dict, queue, err
         # Train controller dies under this thread: the main thread has then already left, nothing to report.)
         errors.append(e)
     finally:
-        queue.put(None)
+        try:
+            queue.put(None)
+        except Exception:  # noqa: BLE001 - the stopped trial's process is gone and took the queue actor with it
+            pass
