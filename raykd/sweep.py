@@ -340,10 +340,11 @@ def _summarize(sweep: SweepConfig, base: DistillConfig, rows: list[TrialRow], ur
     out_dir = Path(base.output_dir) / sweep.name
     out_dir.mkdir(parents=True, exist_ok=True)
     history = read_history(best.checkpoint)
-    best_cfg = _validate(base, best.values, "best trial")
+    values = trained_values(sweep, best, history)
+    best_cfg = _validate(base, values, "best trial")
     best_cfg.run_name = f"{sweep.name}-best"
     export_path = Path(sweep.export_path) if sweep.export_path else out_dir / "best.yaml"
-    export_config(best_cfg, export_path, sweep, best, history)
+    export_config(best_cfg, export_path, sweep, best, history, values)
     table = results_table(sweep, rows, best)
     (out_dir / "results.md").write_text(table)
     print(table, flush=True)
@@ -371,10 +372,19 @@ def _summarize(sweep: SweepConfig, base: DistillConfig, rows: list[TrialRow], ur
     mlflow.log_metrics({f"best_{sweep.metric}": best.metric, "trials": len(rows),
                         "trials_stopped_early": sum(r.step < base.train.max_steps for r in rows)}, run_id=parent_id)
     client.set_tag(parent_id, "raykd.sweep.best_trial", best.trial_id)
-    client.set_tag(parent_id, "raykd.sweep.best_values", json.dumps(best.values))
-    say(f"best trial {best.trial_id}: {sweep.metric} {best.metric:.4f} with {json.dumps(best.values)}")
+    client.set_tag(parent_id, "raykd.sweep.best_values", json.dumps(values))
+    say(f"best trial {best.trial_id}: {sweep.metric} {best.metric:.4f} with {json.dumps(values)}")
     say(f"best config: {export_path}  (raykd distill --config {export_path})")
     return SweepOutcome(parent_id, best, best_cfg, export_path, rows, out_dir)
+
+
+def trained_values(sweep: SweepConfig, best: TrialRow, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best trial's values as its final weights were last trained with. Under PBT a trial perturbed at its
+    last step (an exploit at the end) carries values no step was trained with: the history's last piece wins."""
+    values = dict(best.values)
+    if sweep.scheduler == "pbt" and history:
+        values.update(history[-1]["values"])
+    return values
 
 
 def read_history(checkpoint_path: str | None) -> list[dict[str, Any]]:
@@ -385,13 +395,14 @@ def read_history(checkpoint_path: str | None) -> list[dict[str, Any]]:
     return json.loads((Path(checkpoint_path) / STATE_FILE).read_text())["history"]
 
 
-def export_config(cfg: DistillConfig, path: Path, sweep: SweepConfig, best: TrialRow, history: list) -> Path:
+def export_config(cfg: DistillConfig, path: Path, sweep: SweepConfig, best: TrialRow, history: list,
+                  values: dict[str, Any] | None = None) -> Path:
     """A complete DistillConfig YAML (every field explicit), headed by where it came from and how to run it."""
     lines = [f"# Best trial of sweep '{sweep.name}' (trial {best.trial_id}): {sweep.metric} = {best.metric:.4f}",
-             f"# at step {best.step}, with {json.dumps(best.values)}.", "#",
+             f"# at step {best.step}, with {json.dumps(best.values if values is None else values)}.", "#",
              f"#   raykd distill --config {path}", "#"]
     if sweep.scheduler == "pbt" and len(history) > 1:
-        lines += ["# PBT changed these values during training; a constant re-run uses the final ones.",
+        lines += ["# PBT changed these values during training; a constant re-run uses the last ones.",
                   "# Values the weights were trained with (from step: values):"]
         lines += [f"#   {h['step']:>5}: {json.dumps(h['values'])}" for h in history]
     path.parent.mkdir(parents=True, exist_ok=True)

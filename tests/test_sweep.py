@@ -247,6 +247,21 @@ def test_best_is_chosen_among_trials_that_trained_to_the_end() -> None:
         pick_best(rows[3:], "min", 60)
 
 
+def test_pbt_best_values_are_what_the_weights_were_last_trained_with() -> None:
+    from raykd.sweep import TrialRow, trained_values
+
+    sweep, _ = load_sweep(PBT_YAML)
+    # Exploited at its last step: the config moved to (1.16, 0.12), the weights are the donor's, trained with
+    # (1.45, 0.1) from step 10 on.
+    best = TrialRow("t1", {"loss.temperature": 1.16, "loss.alpha": 0.12}, "TERMINATED", 60, 1.5, None)
+    history = [{"step": 0, "values": {"loss.temperature": 1.2, "loss.alpha": 0.11}, "trial_id": "t1"},
+               {"step": 10, "values": {"loss.temperature": 1.45, "loss.alpha": 0.1}, "trial_id": "t2"}]
+    assert trained_values(sweep, best, history) == {"loss.temperature": 1.45, "loss.alpha": 0.1}
+    assert trained_values(sweep, best, []) == best.values
+    asha, _ = load_sweep(ASHA_YAML)
+    assert trained_values(asha, best, history) == best.values
+
+
 def test_exported_best_config_is_a_runnable_distill_config(tmp_path) -> None:
     from raykd.sweep import export_config, pbt_schedule_md, results_table
     from raykd.sweep_config import _validate
