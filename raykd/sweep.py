@@ -352,7 +352,7 @@ def _summarize(sweep: SweepConfig, base: DistillConfig, rows: list[TrialRow], ur
     if sweep.scheduler == "pbt":
         (out_dir / "pbt_schedule.md").write_text(pbt_schedule_md(sweep, rows, best))
         files.append(out_dir / "pbt_schedule.md")
-        say(f"PBT schedule of the best trial:\n{(out_dir / 'pbt_schedule.md').read_text()}")
+        say(f"PBT schedules of every trial:\n{(out_dir / 'pbt_schedule.md').read_text()}")
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
