@@ -1,4 +1,4 @@
-"""Shared fixtures: a very small offline teacher (seconds to build) and an isolated raykd cache."""
+"""Shared fixtures: a very small offline teacher (seconds to build), an isolated raykd cache, ../shared/."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import pytest
 # Small models: one thread each keeps parallel tests and Ray workers from oversubscribing 2 cores.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+# The project's shared files (real text, KubeRay CRDs, specs) beside the checkout: ../shared/.
+SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 TINY_TEACHER = dict(
     vocab_size=384, hidden_size=64, num_heads=1, num_layers=2, intermediate_size=128,
@@ -42,3 +45,12 @@ def raykd_cache(tmp_path, monkeypatch) -> Path:
     cache = tmp_path / "cache"
     monkeypatch.setenv("RAYKD_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/ (real text in data/, KubeRay CRDs in k8s/). A clone outside the project's layout has none:
+    the tests that need it skip there, with this reason; CI has it and runs them."""
+    if not SHARED.is_dir():
+        pytest.skip(f"no {SHARED} (a clone outside the project's layout); these tests read ../shared/")
+    return SHARED

@@ -10,7 +10,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
-CRD_DIR = ROOT.parent / "shared" / "k8s" / "kuberay-crds"
 IMAGE_ROOT = "/home/ray/raykd"  # where infra/docker/Dockerfile puts the repository's jobs and configs
 AUTH_SECRET = "raykd-ray-auth"
 RAY_KINDS = ("RayCluster", "RayJob", "RayService")

@@ -19,16 +19,17 @@ import pytest
 import yaml
 
 from tests.infra.manifests import (
-    AUTH_SECRET, CRD_DIR, IMAGE_ROOT, INFRA, MANIFESTS, RAY_KINDS, ROOT, cluster_spec, containers, env_vars, groups,
+    AUTH_SECRET, IMAGE_ROOT, INFRA, MANIFESTS, RAY_KINDS, ROOT, cluster_spec, containers, env_vars, groups,
     of_kind, pyproject, ray_pin, walk,
 )
 from tests.infra.strict_schema import core_schemas, load_crd_schemas, validate
 
 
 @pytest.fixture(scope="module")
-def schemas() -> dict[str, dict]:
-    assert CRD_DIR.is_dir(), f"KubeRay CRDs not found at {CRD_DIR}"
-    crds = load_crd_schemas(CRD_DIR)
+def schemas(shared_data) -> dict[str, dict]:
+    crd_dir = shared_data / "k8s" / "kuberay-crds"
+    assert crd_dir.is_dir(), f"KubeRay CRDs not found at {crd_dir}"
+    crds = load_crd_schemas(crd_dir)
     return {**crds, **core_schemas(crds)}
 
 
