@@ -4,11 +4,11 @@
     python benchmarks/ablation.py --steps 20 --seeds 1  # a quick look
 
 Text: tinyshakespeare (/work/shared/data): the first 90 % trains the teacher and the students, the last
-10 % is held out. Teacher: a Llama trained here on that text (byte-level BPE from raykd.teacher_build,
+10 % is held out. Teacher: a Llama trained here on that text (byte-level BPE from raykd.teacher.build,
 4 layers x 128 wide, --teacher-steps steps of 16 x 128 tokens; cached under $RAYKD_CACHE/bench). Every student is derived from it exactly as
 `raykd distill` does (2 layers picked uniformly, width 64 sliced from the teacher's, raykd.models), trains
 for the same number of steps on the same batches per seed, through the same objective the Train workers
-run (raykd.objective.Objective: divergences, schedules, dynamic temperature, hidden/attention matching,
+run (raykd.loss.objective.Objective: divergences, schedules, dynamic temperature, hidden/attention matching,
 adversarial term), against the hard-label-only student. The teacher's signals (top-k log-probs, hidden
 states, attention maps) are computed once with the transformers backend (the code a Serve replica runs)
 and reused by every method; sequence-level KD trains on the teacher's greedy continuations (96 tokens after
@@ -71,7 +71,7 @@ def build_teacher(text: str, out: Path, vocab: int, steps: int, seq_len: int) ->
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from raykd.teacher_build import EOT, train_tokenizer
+    from raykd.teacher.tiny_model import EOT, train_tokenizer
 
     if (out / "model.safetensors").is_file():
         return out
@@ -132,8 +132,7 @@ def train_student(cfg, teacher_dir: str, tokens: np.ndarray, signals, val: np.nd
     import torch
 
     from raykd.models import build_student
-    from raykd.objective import Objective, needs_teacher
-    from raykd.signal_cache import take_sequences
+    from raykd.loss.objective import Objective, needs_teacher
     from raykd.train.loop import global_batch_indices, lr_lambda
 
     tc = cfg.train
@@ -148,7 +147,7 @@ def train_student(cfg, teacher_dir: str, tokens: np.ndarray, signals, val: np.nd
     for step in range(tc.max_steps):
         idx = next(rows)
         ids = torch.as_tensor(tokens[idx], dtype=torch.long)
-        sig = take_sequences(signals, idx) if objective.use_teacher else None
+        sig = signals.take_sequences(idx) if objective.use_teacher else None
         out = student(input_ids=ids, **objective.model_kwargs())
         loss, metrics = objective.compute_loss(step, out, ids, sig)
         opt.zero_grad(set_to_none=True)
@@ -183,10 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     from raykd.config import DistillConfig, default_cache_dir, load_config
-    from raykd.seqkd import teacher_sequences
+    from raykd.train.seqkd import teacher_sequences
     from raykd.teacher.hf_backend import HFTeacherBackend
 
-    from raykd.teacher_build import default_threads
+    from raykd.teacher.build import default_threads
 
     # The idle cores only: on an oversubscribed machine more torch threads are slower, not faster.
     torch.set_num_threads(default_threads())

@@ -5,7 +5,7 @@
 Both start from the same inputs — student final hidden states `(N, H)` + lm_head `(V, H)`, teacher hidden
 states + lm_head — and compute loss + backward to the student. The naive path materialises the
 `(N, V)` logits of both models (as a trainer that calls `model(...).logits` does); the chunked path
-(raykd/losses_chunked.py) forms `(C, V)` logits one chunk at a time. Peak = max allocated during
+(raykd/loss/chunked.py) forms `(C, V)` logits one chunk at a time. Peak = max allocated during
 forward + backward minus what the inputs hold. Needs a CUDA GPU.
 """
 
@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from raykd.losses import kl_full  # noqa: E402
-from raykd.losses_chunked import kl_full_chunked  # noqa: E402
+from raykd.loss.kd import kl_full  # noqa: E402
+from raykd.loss.chunked import kl_full_chunked  # noqa: E402
 
 
 def naive(sh, sw, th, tw, T):

@@ -5,7 +5,7 @@
               synthetic ids); and the KD loss from the packed form vs the unpacked one (relative error);
   2. loss:    peak memory and time of the full-vocabulary KD loss (forward + backward, student and teacher
               logits from hidden states x lm_head) at vocab 128,256: naive `F.kl_div` on full logits vs
-              raykd.losses_chunked, and the top-k loss naive vs chunked. Each measurement runs in a fresh
+              raykd.loss.chunked, and the top-k loss naive vs chunked. Each measurement runs in a fresh
               subprocess and reports its max RSS (`resource.getrusage`), capped with RLIMIT_AS below the
               machine's available memory so a naive run that does not fit fails cleanly;
   3. e2e:     student tokens/s of the Ray pipeline (teacher in Serve, student in Train, the real
@@ -63,7 +63,7 @@ def available_bytes() -> int:
 # --------------------------------------------------------------------------------------------- 1. format
 def default_teacher() -> str:
     from raykd.config import TeacherConfig
-    from raykd.teacher_build import ensure_tiny_teacher
+    from raykd.teacher.build import ensure_tiny_teacher
 
     return str(ensure_tiny_teacher(TeacherConfig().build))
 
@@ -73,10 +73,11 @@ def bench_format(ks: list[int], n_seqs: int) -> dict:
     import torch
 
     from raykd.config import DataConfig, StudentConfig
-    from raykd.data import load_texts, tokenize_blocks
-    from raykd.losses import kl_topk
+    from raykd.data.blocks import tokenize_blocks
+    from raykd.data.sources import load_texts
+    from raykd.loss.kd import kl_topk
     from raykd.models import build_student, model_fingerprint
-    from raykd.signal_format import bytes_per_token, pack, sequence_hash, to_ipc, unpack
+    from raykd.signals.format import bytes_per_token, pack, sequence_hash, to_ipc, unpack
     from raykd.signals import TeacherSignals
     from raykd.teacher.hf_backend import HFTeacherBackend
 
@@ -135,7 +136,7 @@ def loss_worker(method: str, n: int, vocab: int, hidden: int, chunk: int) -> dic
     import torch
     import torch.nn.functional as F
 
-    from raykd import losses, losses_chunked
+    from raykd.loss import chunked, kd
 
     torch.set_num_threads(2)
     g = torch.Generator().manual_seed(0)
@@ -162,11 +163,11 @@ def loss_worker(method: str, n: int, vocab: int, hidden: int, chunk: int) -> dic
             t_logp = F.log_softmax(th @ tw.T / temperature, -1)
         loss = F.kl_div(s_logp, t_logp, reduction="batchmean", log_target=True) * temperature**2
     elif method == "chunked_full":
-        loss = losses_chunked.kl_full_chunked(h, w, th, tw, temperature, chunk_size=chunk)
+        loss = chunked.kl_full_chunked(h, w, th, tw, temperature, chunk_size=chunk)
     elif method == "naive_topk":
-        loss = losses.kl_topk(h @ w.T, ids, lp, tail, temperature)
+        loss = kd.kl_topk(h @ w.T, ids, lp, tail, temperature)
     elif method == "chunked_topk":
-        loss = losses_chunked.kl_topk_chunked(h, w, ids, lp, tail, temperature, chunk_size=chunk)
+        loss = chunked.kl_topk_chunked(h, w, ids, lp, tail, temperature, chunk_size=chunk)
     else:
         raise ValueError(method)
     loss.backward()

@@ -61,8 +61,8 @@ def naive_loop(cfg, steps: int, threads: int) -> dict:
     """Teacher forward then student step, in this process (the seed design), with `threads` torch threads."""
     import torch
 
-    from raykd.distill import prepare
-    from raykd.losses import distill_loss
+    from raykd.train.prepare import prepare
+    from raykd.loss.kd import distill_loss
     from raykd.models import build_student
     from raykd.teacher.hf_backend import HFTeacherBackend
 
@@ -98,7 +98,8 @@ def ray_run(cfg) -> dict:
     """The real training path in an MLflow run; returns its metric histories."""
     from mlflow.tracking import MlflowClient
 
-    from raykd.distill import prepare, train_in_run
+    from raykd.train.fit import train_in_run
+    from raykd.train.prepare import prepare
     from raykd.tracking import resolve_tracking_uri, tracked_run
 
     prep = prepare(cfg)

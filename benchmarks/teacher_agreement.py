@@ -47,13 +47,13 @@ def main() -> None:
     args = p.parse_args()
 
     from raykd.config import TinyTeacherConfig, VllmConfig
-    from raykd.corpus import generate_corpus
+    from raykd.data.corpus import generate_corpus
     from raykd.teacher.hf_backend import HFTeacherBackend
     from raykd.teacher.vllm_backend import VllmTeacherBackend, compare_signals
 
     model = args.model
     if model is None:
-        from raykd.teacher_build import ensure_tiny_teacher
+        from raykd.teacher.build import ensure_tiny_teacher
 
         model = str(ensure_tiny_teacher(TinyTeacherConfig()))
     texts = {
@@ -68,7 +68,7 @@ def main() -> None:
     for dtype in ("float32", "bfloat16"):
         engine = VllmTeacherBackend(model, VllmConfig(dtype=dtype, kv_cache_memory_bytes=256 << 20))
         for name, seqs in texts.items():
-            got = loop.run_until_complete(engine.score_async(seqs, args.top_k))
+            got = loop.run_until_complete(engine.score(seqs, args.top_k))
             results.setdefault(dtype, {})[name] = compare_signals(ref[name], got)
             print(f"[agreement] vllm {dtype} vs hf float32, {name}: {json.dumps(results[dtype][name])}", flush=True)
         engine.shutdown()

@@ -2,7 +2,7 @@
 
   (a)  plain vLLM prefill, no log-probs (the LM head runs at the last position only) — the limit;
   (b)  vLLM `prompt_logprobs=k` used directly, `flat_logprobs=True, detokenize=False`, no tokenizer — the anchor;
-  (b+) raykd's VllmTeacherBackend.score_async in-process: (b) plus the conversion to TeacherSignals arrays;
+  (b+) raykd's VllmTeacherBackend.score in-process: (b) plus the conversion to TeacherSignals arrays;
   (c)  raykd's scoring path end to end: `handle.score.remote(batch, k)` through Ray Serve, requests of 16
        sequences with 8 in flight (2 Train workers x a prefetch window of 4), arrays back in the caller,
 
@@ -160,7 +160,7 @@ def direct_cells(model_dir: str, prompts: list[np.ndarray], args, timer: Timer, 
     for k in () if only_a else KS:
         flat = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=k, flat_logprobs=True, detokenize=False)
         timer.add(f"b k={k}", tokens, lambda flat=flat: loop.run_until_complete(raw(flat)))
-        timer.add(f"b+ k={k}", tokens, lambda k=k: loop.run_until_complete(backend.score_async(prompts, k)))
+        timer.add(f"b+ k={k}", tokens, lambda k=k: loop.run_until_complete(backend.score(prompts, k)))
     return backend
 
 
@@ -261,7 +261,7 @@ def main() -> None:
     model = args.model
     if model is None:
         from raykd.config import TinyTeacherConfig
-        from raykd.teacher_build import ensure_tiny_teacher
+        from raykd.teacher.build import ensure_tiny_teacher
 
         model = str(ensure_tiny_teacher(TinyTeacherConfig()))
     tmp = None

@@ -10,25 +10,28 @@ queries at all. Pipeline: blocks `(N, L)` → drop those already captured (a re-
 `ray.data.from_numpy` → `map_batches(ScoreShard)`: an actor pool of `concurrency` actors, each taking
 `sequences_per_shard` sequences, sending them to the Teacher deployment's `score_packed` in requests of
 `request_sequences` (all in flight at once), and writing the packed replies as one shard
-(raykd/signal_cache.py `write_shard`: atomic, page checksums) → the driver prints progress with rate and
+(raykd/signals/store.py `write_shard`: atomic, page checksums) → the driver prints progress with rate and
 ETA from the actors' one-row summaries.
+
+It lives here, with the command, rather than in raykd/signals/: it runs the teacher deployment
+(raykd/teacher/), which itself packs signals, so signals/ stays below teacher/.
 """
 
 from __future__ import annotations
 
 import hashlib
-import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from raykd import console
 from raykd.config import CaptureConfig, ConfigError, DistillConfig, LossConfig, SignalsConfig
+from raykd.console import Progress, duration
 
-
-def say(msg: str) -> None:
-    print(f"[raykd.capture] {msg}", file=sys.stderr, flush=True)
+say = partial(console.say, scope="raykd.capture")
 
 
 class ScoreShard:
@@ -43,8 +46,8 @@ class ScoreShard:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import pyarrow as pa
 
-        from raykd.signal_cache import write_shard
-        from raykd.signal_format import from_ipc
+        from raykd.signals.format import from_ipc
+        from raykd.signals.store import write_shard
 
         start = time.perf_counter()
         seqs = np.asarray(batch["data"], np.int32)  # (B, L)
@@ -64,7 +67,7 @@ class ScoreShard:
 
 def blocks_to_capture(cfg: CaptureConfig):
     """Prepared data (as raykd distill prepares it) and the blocks of the chosen split."""
-    from raykd.distill import prepare
+    from raykd.train.prepare import prepare
 
     prep = prepare(DistillConfig(teacher=cfg.teacher, data=cfg.data, loss=LossConfig(top_k=cfg.top_k)))
     blocks = {"train": prep.train, "val": prep.val, "all": np.concatenate([prep.train, prep.val])}[cfg.split]
@@ -74,7 +77,7 @@ def blocks_to_capture(cfg: CaptureConfig):
 def output_directory(cfg: CaptureConfig, fingerprint: str) -> Path:
     if cfg.output_dir:
         return Path(cfg.output_dir).expanduser()
-    from raykd.signal_cache import cache_directory
+    from raykd.signals.store import cache_directory
 
     return cache_directory(SignalsConfig(cache_dir=cfg.cache_dir), fingerprint, cfg.top_k)
 
@@ -83,8 +86,8 @@ def run_capture(cfg: CaptureConfig) -> dict[str, Any]:
     import ray
 
     from raykd.cluster import init_ray, shutdown_ray
-    from raykd.signal_cache import SignalStore
-    from raykd.signal_format import sequence_hash
+    from raykd.signals.format import sequence_hash
+    from raykd.signals.store import SignalStore
     from raykd.teacher.service import launch_teacher
 
     prep, blocks = blocks_to_capture(cfg)
@@ -123,19 +126,18 @@ def run_capture(cfg: CaptureConfig) -> dict[str, Any]:
             batch_size=cfg.sequences_per_shard, batch_format="numpy", concurrency=cfg.concurrency,
             num_cpus=cfg.num_cpus_per_actor,
         )
-        start = time.perf_counter()
+        progress = Progress(len(todo), every_s=0)  # a line per shard: shards take seconds each
         done = 0
         for row in ds.iter_rows():
             done += int(row["sequences"])
             summary["shards"] += 1
             summary["positions"] += int(row["positions"])
             summary["file_bytes"] += int(row["file_bytes"])
-            elapsed = time.perf_counter() - start
-            rate = summary["positions"] / elapsed
-            eta = (len(todo) - done) * elapsed / done
-            say(f"{done}/{len(todo)} sequences ({done / len(todo):.0%}), {rate:,.0f} teacher tokens/s, "
-                f"{summary['file_bytes'] / summary['positions']:.1f} bytes/token on disk, eta {eta:.0f}s")
-        summary["seconds"] = time.perf_counter() - start
+            tokens_per_s = summary["positions"] / max(progress.elapsed(), 1e-9)
+            say(f"{done}/{len(todo)} sequences ({done / len(todo):.0%}), {tokens_per_s:,.0f} teacher tokens/s, "
+                f"{summary['file_bytes'] / summary['positions']:.1f} bytes/token on disk, "
+                f"eta {duration(progress.eta(done))}")
+        summary["seconds"] = progress.elapsed()
         summary["tokens_per_s"] = summary["positions"] / summary["seconds"]
         summary["bytes_per_token"] = summary["file_bytes"] / max(summary["positions"], 1)
     finally:

@@ -57,13 +57,13 @@ def main(argv: list[str] | None = None) -> int:
 
             run_distill(load_config(DistillConfig, args.config, args.overrides))
         elif args.command == "pipeline":
-            from raykd.pipeline import run_pipeline
-            from raykd.pipeline_config import load_pipeline_config
+            from raykd.config.pipeline import load_pipeline_config
+            from raykd.pipeline.run import run_pipeline
 
             run_pipeline(load_pipeline_config(args.config, args.overrides))
         elif args.command == "sweep":
-            from raykd.sweep import SweepInterrupted, run_sweep
-            from raykd.sweep_config import load_sweep
+            from raykd.config.sweep import load_sweep
+            from raykd.sweep.run import SweepInterrupted, run_sweep
 
             try:
                 run_sweep(*load_sweep(args.config, args.overrides), resume=args.resume)
@@ -77,15 +77,15 @@ def main(argv: list[str] | None = None) -> int:
             print(run_capture(load_config(CaptureConfig, args.config, args.overrides))["output_dir"])
         elif args.command == "mlm-distill":
             from raykd.config import load_config
-            from raykd.mlm import MLMDistillConfig
-            from raykd.mlm_train import run_mlm_distill
+            from raykd.config.mlm import MLMDistillConfig
+            from raykd.mlm.run import run_mlm_distill
 
             run_mlm_distill(load_config(MLMDistillConfig, args.config, args.overrides))
         elif args.command == "build-teacher":
             from pathlib import Path
 
             from raykd.config import TinyTeacherConfig, load_config
-            from raykd.teacher_build import build_tiny_teacher, ensure_tiny_teacher
+            from raykd.teacher.build import build_tiny_teacher, ensure_tiny_teacher
 
             cfg = load_config(TinyTeacherConfig, None, args.overrides)
             path = build_tiny_teacher(cfg, Path(args.out)) if args.out else ensure_tiny_teacher(cfg)

@@ -3,6 +3,9 @@
 An embedded cluster is started with enough *logical* CPUs for the teacher replicas and the Train
 workers even on a 2-core laptop (they then share the cores; torch threads are set per process), and
 with the dashboard bound to 127.0.0.1.
+
+    started = init_ray(logical_cpus_needed)     # True: this process started the cluster and stops it
+    shutdown_ray(started)
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+
+from raykd.console import say
 
 
 # Worker processes inherit these: no tokenizer thread pools fighting Train workers for cores, no
@@ -46,6 +51,25 @@ def init_ray(logical_cpus_needed: float) -> bool:
         configure_logging=True,
     )
     return True
+
+
+def start_ray(cpus: float, attempts: int = 3) -> bool:
+    """`init_ray`, retried: Ray gives its raylet a fixed 30 s to register, which an overloaded shared machine
+    can miss; a pipeline that already spent minutes planning should not die of that."""
+    import time
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return init_ray(cpus)
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for this
+            if "timed out during startup" not in str(e) or attempt == attempts:
+                raise
+            say(f"Ray did not start in time ({attempt}/{attempts}); retrying")
+            import ray
+
+            ray.shutdown()
+            time.sleep(10)
+    raise AssertionError("unreachable")
 
 
 def _job_env_vars() -> dict[str, str]:

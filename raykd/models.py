@@ -1,4 +1,4 @@
-"""Model directories: teacher fingerprints and deriving a student from a teacher.
+"""Model directories: fingerprints, checks, parameter counts, and deriving a student from a teacher.
 
 A student is the teacher's architecture with fewer layers and/or a narrower width. When
 `init_from_teacher` is set it starts from the teacher's weights: student layer i copies teacher layer
@@ -9,9 +9,10 @@ Qwen3 …: `num_hidden_layers`, `hidden_size`, `num_attention_heads`, `intermedi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,9 +137,33 @@ def build_student(teacher_path: str, cfg: StudentConfig, seed: int = 0):
     return student, t_config
 
 
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to `n` (at least 1) for the block, then restored. On a shared machine
+    more threads than free cores make every step wait on descheduled threads (raykd/teacher/build.py)."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
+def safetensors_param_count(path: str) -> int:
+    """Parameter count of a model directory from its safetensors headers (no weights loaded): a 70B teacher
+    is counted without entering the driver."""
+    import numpy as np
+    from safetensors import safe_open
+
+    total = 0
+    for f in Path(path).glob("*.safetensors"):
+        with safe_open(str(f), "np") as fh:
+            for key in fh.keys():
+                total += int(np.prod(fh.get_slice(key).get_shape()))
+    return total

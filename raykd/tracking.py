@@ -5,7 +5,12 @@
         ...                                         # an exception ends the run FAILED, never RUNNING
 
 A run whose name was used before and did not finish (killed, failed) is continued rather than
-duplicated, so a resumed training keeps one metric history. Workers log with `MetricLogger(uri, run_id)`.
+duplicated, so a resumed training keeps one metric history. Workers log with `MetricLogger(uri, run_id)`:
+
+    logger = MetricLogger(uri, run_id)          # no-op when uri or run_id is None
+    logger.log({"loss": 0.9}, step=10)
+    logger.log_per_step({1: {"alpha": 0.5}, 2: {"alpha": 0.6}})      # many steps, batched
+    logger.log_figure(fig, "adversarial_curves.png")
 """
 
 from __future__ import annotations
@@ -109,12 +114,22 @@ class MetricLogger:
             self.client = MlflowClient(uri)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        if self.client is None:
+        self.log_per_step({step: metrics})
+
+    def log_per_step(self, metrics: dict[int, dict[str, float]]) -> None:
+        """`{step: {name: value}}`, in batches of 1000 values (MLflow's limit per call)."""
+        if self.client is None or not metrics:
             return
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+        batch = [Metric(k, float(v), ts, step) for step, values in metrics.items() for k, v in values.items()]
+        for i in range(0, len(batch), 1000):
+            self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
+
+    def log_figure(self, fig, name: str) -> None:
+        if self.client is not None:
+            self.client.log_figure(self.run_id, fig, name)
 
     def close(self) -> None:
         self.client = None

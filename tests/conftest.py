@@ -24,7 +24,7 @@ TINY_TEACHER = dict(
 def tiny_teacher(tmp_path_factory) -> Path:
     """A 2-layer, 64-wide Llama teacher with its own BPE tokenizer (HF directory)."""
     from raykd.config import TinyTeacherConfig
-    from raykd.teacher_build import build_tiny_teacher
+    from raykd.teacher.build import build_tiny_teacher
 
     return build_tiny_teacher(TinyTeacherConfig(**TINY_TEACHER), tmp_path_factory.mktemp("teacher") / "tiny",
                               progress=False, num_threads=1)
@@ -34,10 +34,21 @@ def tiny_teacher(tmp_path_factory) -> Path:
 def other_vocab_teacher(tmp_path_factory) -> Path:
     """Same architecture, a different tokenizer (vocab 320): for vocabulary-mismatch errors."""
     from raykd.config import TinyTeacherConfig
-    from raykd.teacher_build import build_tiny_teacher
+    from raykd.teacher.build import build_tiny_teacher
 
     cfg = TinyTeacherConfig(**{**TINY_TEACHER, "vocab_size": 320, "max_steps": 2})
     return build_tiny_teacher(cfg, tmp_path_factory.mktemp("teacher") / "other", progress=False, num_threads=1)
+
+
+@pytest.fixture(scope="session")
+def bert_teacher(tmp_path_factory):
+    """A tiny BERT teacher (WordPiece + BertForMaskedLM, seconds to build) for the masked-LM tests."""
+    from raykd.config.mlm import MLMTeacherBuild
+    from raykd.mlm.models import build_tiny_bert
+
+    cfg = MLMTeacherBuild(vocab_size=300, hidden_size=32, num_layers=3, num_heads=2, intermediate_size=64,
+                          max_position_embeddings=64, corpus_chars=20_000, seq_len=32, batch_size=16, steps=40)
+    return build_tiny_bert(cfg, tmp_path_factory.mktemp("bert") / "teacher", progress=False)
 
 
 @pytest.fixture

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
-
-from raykd.config import ConfigError, TeacherConfig, _first_error
+from raykd.config import TeacherConfig, validate
 
 
 def build_app(args: dict[str, Any]) -> Any:
@@ -29,15 +27,12 @@ def build_app(args: dict[str, Any]) -> Any:
     from raykd.models import check_model_dir, model_fingerprint
     from raykd.teacher.service import teacher_app
 
-    try:
-        cfg = TeacherConfig.model_validate(args)
-    except ValidationError as e:
-        raise ConfigError(_first_error(e, "serve args")) from None
+    cfg = validate(TeacherConfig, args, "serve args")
     if cfg.path is not None:
         check_model_dir(cfg.path, "serve args: path")
         path = cfg.path
     else:
-        from raykd.teacher_build import ensure_tiny_teacher
+        from raykd.teacher.build import ensure_tiny_teacher
 
         path = str(ensure_tiny_teacher(cfg.build))
     return teacher_app(cfg, path, model_fingerprint(path))

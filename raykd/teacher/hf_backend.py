@@ -2,38 +2,23 @@
 
     backend = HFTeacherBackend("/path/to/hf_dir", dtype="float32")
     signals = backend.score([np.array([1, 5, 9, 2])], top_k=20)   # TeacherSignals with 3 rows
+    served = ServedHFBackend("/path/to/hf_dir")                    # the TeacherBackend a Serve replica runs
 
-Used inside the Serve replica (raykd/teacher/service.py) and, for the student, by the evaluation so that
-teacher and student generation speed are measured by the same code.
+`HFTeacherBackend` is synchronous: the evaluation runs students with it, so teacher and student generation
+speed are measured by the same code. `ServedHFBackend` is its `TeacherBackend` (raykd/teacher/backend.py)
+for the Serve replica: one forward at a time, in a thread, so the replica's event loop stays free.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from raykd.signals import TeacherSignals
-
-
-@dataclass
-class Generation:
-    """Generated continuations: `tokens[b]` holds only the new tokens of prompt b.
-
-    `signals` (optional, vLLM backend with `logprobs_k > 0`): T = 1 top-k of every generated token, for
-    sequence-level KD. Row j of prompt b (rows offsets[b]:offsets[b+1]) is the distribution that produced
-    tokens[b][j]; its `target_logprob` is that token's log-prob.
-    """
-
-    tokens: list[np.ndarray]
-    seconds: float
-    signals: TeacherSignals | None = None
-
-    @property
-    def tokens_per_second(self) -> float:
-        return sum(len(t) for t in self.tokens) / max(self.seconds, 1e-9)
+from raykd.teacher.backend import Generation
 
 
 class HFTeacherBackend:
@@ -43,7 +28,7 @@ class HFTeacherBackend:
 
         self.torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        # A masked LM (BERT-style, raykd/mlm.py) is scored at given positions instead of next tokens.
+        # A masked LM (BERT-style, raykd/mlm/) is scored at given positions instead of next tokens.
         self.is_mlm = any(a.endswith("ForMaskedLM") for a in AutoConfig.from_pretrained(path).architectures or [])
         auto = AutoModelForMaskedLM if self.is_mlm else AutoModelForCausalLM
         self.model = auto.from_pretrained(path, dtype=getattr(torch, dtype)).to(self.device).eval()
@@ -191,3 +176,34 @@ class HFTeacherBackend:
                 )
                 out.append(gen[0, ids.shape[1]:].cpu().numpy().astype(np.int32))
         return Generation(out, time.perf_counter() - start)
+
+
+class ServedHFBackend:
+    """`HFTeacherBackend` as a `TeacherBackend`: requests run one at a time (concurrent forwards would only
+    fight over the replica's cores), each in a worker thread."""
+
+    returns_extras = True
+
+    def __init__(self, path: str, dtype: str = "float32"):
+        self.hf = HFTeacherBackend(path, dtype=dtype)
+        self.vocab_size, self.max_model_len = self.hf.vocab_size, self.hf.max_model_len
+        self.max_top_k = self.hf.vocab_size
+        self._lock = asyncio.Lock()
+
+    async def score(self, token_ids: list[np.ndarray], top_k: int, extras: dict[str, list[int]] | None = None,
+                    positions: list[np.ndarray] | None = None, labels: list[np.ndarray] | None = None) -> TeacherSignals:
+        async with self._lock:
+            return await asyncio.to_thread(self.hf.score, token_ids, top_k, extras, positions, labels)
+
+    async def generate(self, prompts: list[np.ndarray], max_new_tokens: int, temperature: float = 0.0, *,
+                       top_p: float = 1.0, seed: int | None = None, logprobs_k: int = 0) -> Generation:
+        if top_p != 1.0 or seed is not None or logprobs_k:
+            raise ValueError("top_p, seed and logprobs_k of generate need teacher.backend: vllm")
+        async with self._lock:
+            return await asyncio.to_thread(self.hf.generate, prompts, max_new_tokens, temperature)
+
+    async def check_health(self) -> None:
+        """In-process weights: nothing that can die on its own."""
+
+    def shutdown(self) -> None:
+        """Nothing to stop: the weights go with the replica."""

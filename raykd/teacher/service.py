@@ -5,13 +5,13 @@
     info = handle.info.remote().result()                       # -> TeacherInfo
 
 Any Ray process of the cluster (Train workers, Tune trials, other jobs) reaches the same replicas with
-`teacher_handle(app_name)`, so one teacher serves many consumers. The backend is chosen by
-`teacher.backend` and built lazily inside the replica: importing this module imports neither torch nor vLLM.
+`teacher_handle(app_name)`, so one teacher serves many consumers. The backend (a `TeacherBackend`,
+raykd/teacher/backend.py) is chosen by `teacher.backend` and built inside the replica: importing this
+module imports neither torch nor vLLM.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import os
@@ -23,6 +23,7 @@ import numpy as np
 
 from raykd.config import ConfigError, TeacherConfig
 from raykd.signals import TeacherSignals
+from raykd.teacher.backend import Generation, TeacherBackend, make_backend
 
 log = logging.getLogger(__name__)
 
@@ -47,23 +48,9 @@ class Teacher:
 
     def __init__(self, model_path: str, teacher_cfg: dict[str, Any], fingerprint: str):
         cfg = TeacherConfig.model_validate(teacher_cfg)
-        if cfg.backend == "hf":
-            import torch
-
-            from raykd.teacher.hf_backend import HFTeacherBackend
-
-            torch.set_num_threads(max(1, int(cfg.num_cpus)))
-            self.backend = HFTeacherBackend(model_path, dtype=cfg.dtype)
-            max_top_k = self.backend.vocab_size
-        else:
-            from raykd.teacher.vllm_backend import VllmTeacherBackend  # noqa: PLC0415 (lazy: vLLM is heavy)
-
-            self.backend = VllmTeacherBackend(model_path, cfg.vllm)
-            max_top_k = self.backend.max_top_k  # min(teacher.vllm.max_logprobs, vocab_size)
-        self.info_ = TeacherInfo(
-            model_path, fingerprint, cfg.backend, self.backend.vocab_size, self.backend.max_model_len, max_top_k
-        )
-        self._lock = asyncio.Lock()
+        self.backend: TeacherBackend = make_backend(cfg, model_path)
+        b = self.backend
+        self.info_ = TeacherInfo(model_path, fingerprint, cfg.backend, b.vocab_size, b.max_model_len, b.max_top_k)
         self._scored = 0
         try:
             from ray import serve
@@ -78,65 +65,53 @@ class Teacher:
 
     async def check_health(self) -> None:
         """Serve's periodic probe: a replica whose vLLM engine died raises here and is replaced."""
-        if hasattr(self.backend, "check_health"):
-            await self.backend.check_health()
+        await self.backend.check_health()
 
     def __del__(self) -> None:  # graceful replica shutdown: stop the engine's child processes with it
-        shutdown = getattr(getattr(self, "backend", None), "shutdown", None)
-        if shutdown is not None:
-            shutdown()
+        backend = getattr(self, "backend", None)  # absent when the constructor raised
+        if backend is not None:
+            backend.shutdown()
 
     async def score(
         self, token_ids: list[np.ndarray], top_k: int, extras: dict[str, list[int]] | None = None, *,
         positions: list[np.ndarray] | None = None, labels: list[np.ndarray] | None = None,
     ) -> TeacherSignals:
-        """Top-k T=1 log-probs for positions 0..L_b-2 of each sequence (see raykd/signals.py).
+        """Top-k T=1 log-probs for positions 0..L_b-2 of each sequence (see raykd/signals/teacher_signals.py).
 
         `extras` asks for intermediate representations in `signals.extras`, rows aligned with the top-k rows:
         {"hidden_states": [HF hidden_states indices, 0 = embeddings], "attentions": [0-based layers]} (see
         HFTeacherBackend.score). Only the hf backend can: vLLM returns log-probs, not hidden states or attention.
-        A masked-LM teacher (hf backend, raykd/mlm.py) is scored at `positions[b]` with targets `labels[b]`.
+        A masked-LM teacher (hf backend, raykd/mlm/) is scored at `positions[b]` with targets `labels[b]`.
         """
         if top_k > self.info_.max_top_k:
             raise ValueError(f"top_k={top_k} exceeds this teacher's max_top_k={self.info_.max_top_k}")
-        if (extras or positions is not None) and self.info_.backend != "hf":
+        if (extras or positions is not None) and not self.backend.returns_extras:
             raise ValueError(f"teacher backend '{self.info_.backend}' cannot return {sorted(extras or ['masked-LM rows'])} "
                              "(vLLM gives log-probs only); use teacher.backend: hf for hidden-state or attention "
                              "distillation")
         self._scored += 1  # requests actually scored (refused ones above are not)
-        if extras or positions is not None:
-            async with self._lock:
-                return await asyncio.to_thread(self.backend.score, token_ids, top_k, extras, positions, labels)
-        if hasattr(self.backend, "score_async"):
-            return await self.backend.score_async(token_ids, top_k)
-        async with self._lock:  # one forward at a time: concurrent ones would fight over the same cores
-            return await asyncio.to_thread(self.backend.score, token_ids, top_k)
+        return await self.backend.score(token_ids, top_k, extras, positions, labels)
 
     async def score_packed(
         self, token_ids: list[np.ndarray], top_k: int, extras: dict[str, list[int]] | None = None
     ) -> bytes:
-        """`score`, packed for the wire (raykd/signal_format.py: Arrow IPC, ~87 bytes/token at k=20 vs 168),
+        """`score`, packed for the wire (raykd/signals/format.py: Arrow IPC, ~87 bytes/token at k=20 vs 168),
         each row keyed by its sequence hash so the caller can cache it as is."""
-        from raykd.signal_format import pack, sequence_hash, to_ipc
+        from raykd.signals.format import pack, sequence_hash, to_ipc
 
         signals = await self.score(token_ids, top_k, extras)
         return to_ipc(pack(signals, vocab_size=self.info_.vocab_size, teacher_fingerprint=self.info_.fingerprint,
                            seq_hashes=[sequence_hash(s) for s in token_ids]))
 
     async def generate(self, prompts: list[np.ndarray], max_new_tokens: int, temperature: float = 0.0, *,
-                       top_p: float = 1.0, seed: int | None = None, logprobs_k: int = 0):
-        """Continuations of `prompts` (see the backend's `Generation`).
+                       top_p: float = 1.0, seed: int | None = None, logprobs_k: int = 0) -> Generation:
+        """Continuations of `prompts` (raykd/teacher/backend.py `Generation`).
 
         vllm backend only: `top_p`, `seed` (prompt b samples with seed + b) and `logprobs_k` (T = 1 top-k of
         every generated token in `Generation.signals`, for sequence-level KD).
         """
-        if hasattr(self.backend, "generate_async"):
-            return await self.backend.generate_async(prompts, max_new_tokens, temperature, top_p=top_p, seed=seed,
-                                                     logprobs_k=logprobs_k)
-        if top_p != 1.0 or seed is not None or logprobs_k:
-            raise ValueError("top_p, seed and logprobs_k of generate need teacher.backend: vllm")
-        async with self._lock:
-            return await asyncio.to_thread(self.backend.generate, prompts, max_new_tokens, temperature)
+        return await self.backend.generate(prompts, max_new_tokens, temperature, top_p=top_p, seed=seed,
+                                           logprobs_k=logprobs_k)
 
 
 def teacher_handle(app_name: str):

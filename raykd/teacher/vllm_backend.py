@@ -1,14 +1,16 @@
 """vLLM backend of the teacher: an `AsyncLLM` engine inside the Serve replica, scoring at prefill speed.
 
     backend = VllmTeacherBackend("/path/to/hf_dir", VllmConfig(dtype="float32"))   # starts the engine
-    signals = await backend.score_async([np.array([1, 5, 9, 2])], top_k=20)         # TeacherSignals, 3 rows
-    gen = await backend.generate_async(prompts, 64, 0.7, logprobs_k=20)             # tokens + their top-k
+    signals = await backend.score([np.array([1, 5, 9, 2])], top_k=20)               # TeacherSignals, 3 rows
+    gen = await backend.generate(prompts, 64, 0.7, logprobs_k=20)                   # tokens + their top-k
+
+A `TeacherBackend` (raykd/teacher/backend.py) that returns log-probs only (no hidden states or attention maps).
 
 Scoring is teacher forcing through vLLM's public `prompt_logprobs=k`: the engine runs the LM head at every
 prompt position and returns, per position, the log-prob of the actual next token and the top-k (T = 1, a
 float32 log-softmax). `flat_logprobs=True, detokenize=False` and an engine without a tokenizer keep the front
 end to a few flat Python lists per request (no per-token dicts or strings); `rows_from_flat` reshapes them into
-the `(N, k)` arrays of raykd/signals.py. vLLM does not return the tail mass: it is `1 - sum(top-k probs)`,
+the `(N, k)` arrays of raykd/signals/teacher_signals.py. vLLM does not return the tail mass: it is `1 - sum(top-k probs)`,
 computed in float64 and floored at what float32 log-probs resolve (`tail_logprob`).
 
 A prompt of exactly the engine's max_model_len is refused by vLLM (it must generate >= 1 token), so the
@@ -34,13 +36,12 @@ from typing import Any
 import numpy as np
 
 from raykd.config import ConfigError, TeacherConfig, VllmConfig
+from raykd.config.teacher import CPU_HEAD_SIZES
 from raykd.signals import TeacherSignals
-from raykd.teacher.hf_backend import Generation
+from raykd.teacher.backend import Generation
 
 log = logging.getLogger(__name__)
 
-# vLLM 0.32's CPU attention (`CPUAttentionBackend.get_supported_head_sizes`); the replica re-reads vLLM's own.
-CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 # A float32 log-softmax cannot resolve probability mass below about one ulp of 1.0 per summed entry.
 _F32_ULP = 2.0**-23
 
@@ -229,6 +230,8 @@ class VllmTeacherBackend:
     Attributes: `vocab_size`, `max_model_len` (longest scorable sequence), `max_top_k` (min(max_logprobs, V)).
     """
 
+    returns_extras = False
+
     def __init__(self, model_path: str, cfg: VllmConfig):
         from vllm import SamplingParams
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -318,8 +321,12 @@ class VllmTeacherBackend:
             raise ValueError(f"{what}={k} must be in [1, {self.max_top_k}] (teacher.vllm.max_logprobs="
                              f"{self.cfg.max_logprobs}, vocab_size={self.vocab_size})")
 
-    async def score_async(self, token_ids: list[np.ndarray], top_k: int) -> TeacherSignals:
+    async def score(self, token_ids: list[np.ndarray], top_k: int, extras: dict[str, list[int]] | None = None,
+                    positions: list[np.ndarray] | None = None, labels: list[np.ndarray] | None = None) -> TeacherSignals:
         """Top-k T = 1 log-probs for positions 0..L_b-2 of each sequence, as HFTeacherBackend.score."""
+        if extras or positions is not None or labels is not None:
+            raise ValueError("the vllm backend returns log-probs only: no hidden states, attention maps or "
+                             "masked-LM positions (teacher.backend: hf)")
         seqs = [np.asarray(s) for s in token_ids]
         if not seqs:
             raise ValueError("score needs at least one sequence")
@@ -333,7 +340,7 @@ class VllmTeacherBackend:
         parts = [rows_from_flat(o.prompt_logprobs, len(s) - 1, top_k, prompt=True) for o, s in zip(outs, seqs)]
         return signals_from_rows(parts, self.vocab_size)
 
-    async def generate_async(
+    async def generate(
         self,
         prompts: list[np.ndarray],
         max_new_tokens: int,

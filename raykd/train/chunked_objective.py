@@ -1,11 +1,11 @@
-"""The training loss without `(tokens × vocab)` logits: raykd.objective evaluated per chunk of sequences.
+"""The training loss without `(tokens × vocab)` logits: raykd.loss.objective evaluated per chunk of sequences.
 
 Used by raykd/train/loop.py when `signals.loss_chunk_size` is set:
 
     out = model(input_ids=ids, **CHUNKED_FORWARD_KWARGS)        # hidden states, no logits (logits_to_keep=[])
     loss, metrics = chunked_objective_loss(objective, lm_head.weight, step, out, ids, signals, weights, 1024)
 
-The student's final hidden states `(B, L, H)` go through `raykd.losses_chunked.chunked_linear_loss`: whole
+The student's final hidden states `(B, L, H)` go through `raykd.loss.chunked.chunked_linear_loss`: whole
 sequences of rows at a time (`chunk_size` rounded down to a multiple of L, at least one sequence), the
 logits of a chunk are formed from the lm_head weight, `objective.compute_loss` runs on them exactly as it
 does on a full batch, and the gradient w.r.t. that chunk's logits is folded into the hidden states' and
@@ -23,8 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from raykd.losses_chunked import chunked_linear_loss
-from raykd.signal_cache import take_sequences
+from raykd.loss.chunked import chunked_linear_loss
 
 # Forward kwargs for HF causal LMs: all hidden states (the last is post-norm, what lm_head sees) and an
 # empty logits slice, so the model itself never forms (B, L, V).
@@ -32,7 +31,7 @@ CHUNKED_FORWARD_KWARGS = {"output_hidden_states": True, "logits_to_keep": torch.
 
 
 def chunked_objective_loss(
-    objective: Any,  # raykd.objective.Objective
+    objective: Any,  # raykd.loss.objective.Objective
     lm_head_weight: torch.Tensor,  # (V, H)
     step: int,
     out: Any,  # model output with .hidden_states (last: (B, L, H))
@@ -52,7 +51,7 @@ def chunked_objective_loss(
     def chunk_loss(logits: torch.Tensor, _mask, seq: torch.Tensor) -> tuple[torch.Tensor]:
         b0, b1 = int(seq[0]), int(seq[-1]) + 1
         chunk_out = SimpleNamespace(logits=logits.view(b1 - b0, width, -1))  # (B_c, L, V)
-        chunk_signals = take_sequences(signals, list(range(b0, b1))) if signals is not None else None
+        chunk_signals = signals.take_sequences(list(range(b0, b1))) if signals is not None else None
         chunk_weights = token_weights[b0:b1] if token_weights is not None else None
         loss, metrics = objective.compute_loss(step, chunk_out, ids[b0:b1], chunk_signals, chunk_weights)
         parts.append(((b1 - b0) / b, metrics))

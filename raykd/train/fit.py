@@ -1,0 +1,124 @@
+"""Driver side of training: the student's first weights, the Ray Train run, and the exported student.
+
+    trained = train_in_run(cfg, prep, run_id, uri)          # teacher deployed, student trained and exported
+    trained.student_dir, trained.handle, trained.loop        # HF directory, the teacher's handle, the LoopConfig
+
+`train_in_run` is what `raykd distill`, each pipeline stage and (through `make_trainer`) each sweep trial
+run. Ray must be up. Checkpoints go to `<train.storage_path>/<name>/`; a second call with the same name and
+storage path resumes from the last one (Ray Train restores by run name).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raykd.config import DistillConfig, default_cache_dir
+from raykd.console import say
+from raykd.files import atomic_dir
+from raykd.train.loop_config import LoopConfig
+from raykd.train.prepare import Prepared, check_teacher_info
+
+
+def storage_root(cfg: DistillConfig) -> str:
+    return str(Path(cfg.train.storage_path or default_cache_dir() / "runs").expanduser().resolve())
+
+
+def put_data(tokens: np.ndarray, weights: np.ndarray | None) -> dict[str, Any]:
+    """`tokens_ref` / `weights_ref` of a LoopConfig: the training blocks (N, L) and their weights in the object store."""
+    import ray
+
+    return {"tokens_ref": ray.put(tokens), "weights_ref": None if weights is None else ray.put(weights)}
+
+
+def make_trainer(cfg: DistillConfig, name: str, storage_path: str, loop: LoopConfig, callbacks: list | None = None):
+    """The TorchTrainer of one student run: `train.num_workers` workers running raykd/train/loop.py."""
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from raykd.train.loop import train_loop_per_worker
+
+    tc = cfg.train
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop.to_train_loop_config(),
+        scaling_config=ScalingConfig(
+            num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker={"CPU": tc.cpus_per_worker}
+        ),
+        run_config=RunConfig(name=name, storage_path=storage_path, callbacks=callbacks or [],
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+
+
+def fit_student(cfg: DistillConfig, name: str, loop: LoopConfig) -> Path:
+    """Run the TorchTrainer; return the directory of its final checkpoint (resumes a same-named run)."""
+    result = make_trainer(cfg, name, storage_root(cfg), loop).fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {name} reported no checkpoint")
+    return Path(result.checkpoint.path)
+
+
+def export_student(checkpoint_dir: Path, tokenizer, out_dir: Path) -> Path:
+    """Copy the final checkpoint into a loadable HF directory (weights + config + tokenizer), atomically."""
+    with atomic_dir(out_dir) as tmp:
+        for f in ("config.json", "generation_config.json", "model.safetensors"):
+            if (checkpoint_dir / f).exists():
+                shutil.copy2(checkpoint_dir / f, tmp / f)
+        tokenizer.save_pretrained(tmp)
+    return out_dir
+
+
+def student_init_ref(cfg: DistillConfig, teacher_path: str):
+    """The student's starting weights in the object store, so every worker (on any node) starts identical."""
+    import ray
+    from transformers import AutoModelForCausalLM
+
+    from raykd.models import build_student, count_parameters
+
+    if cfg.student.path is not None:
+        student = AutoModelForCausalLM.from_pretrained(cfg.student.path)
+    else:
+        student, _ = build_student(teacher_path, cfg.student, cfg.seed)
+    state = {k: v.detach().cpu().numpy() for k, v in student.state_dict().items()}
+    return ray.put((student.config, state)), count_parameters(student)
+
+
+@dataclass
+class Trained:
+    handle: Any  # DeploymentHandle of the teacher app (still running)
+    student_dir: Path  # exported HF directory of the trained student
+    loop: LoopConfig  # what the Train workers ran with (reused for the baseline)
+
+
+def train_in_run(cfg: DistillConfig, prep: Prepared, run_id: str, uri: str, train_name: str | None = None) -> Trained:
+    """Deploy the teacher, train the student into MLflow run `run_id`, export it. Ray must be up.
+
+    `train_name` names the Ray Train run (its checkpoints); default `cfg.run_name`. The student is written
+    to `<output_dir>/<run_name>/student` and logged as the run's `student/` artifact.
+    """
+    import mlflow
+    import ray
+
+    from raykd.teacher.service import launch_teacher
+
+    tc = cfg.train
+    student_ref, student_params = student_init_ref(cfg, prep.teacher_path)
+    say(f"deploying teacher ({cfg.teacher.backend}, {cfg.teacher.num_replicas} replica(s))")
+    handle = launch_teacher(cfg.teacher, prep.teacher_path, prep.fingerprint)
+    info = handle.info.remote().result()
+    check_teacher_info(cfg, info, student_vocab=ray.get(student_ref)[0].vocab_size)
+    tokens, weights = prep.train, prep.train_weights
+    if cfg.seqkd.enabled:  # sequence-level KD: train on the teacher's continuations of the data's prompts
+        from raykd.train.seqkd import teacher_sequences
+
+        tokens, weights = teacher_sequences(handle, tokens, weights, cfg.seqkd)
+    loop = LoopConfig(cfg, student_ref=student_ref, run_id=run_id, tracking_uri=uri, **put_data(tokens, weights))
+    say(f"training student ({student_params:,} params) on {tc.num_workers} worker(s), {tc.max_steps} steps")
+    ckpt = fit_student(cfg, train_name or cfg.run_name, loop)
+    student_dir = export_student(ckpt, prep.tokenizer, Path(cfg.output_dir) / cfg.run_name / "student")
+    mlflow.log_artifacts(str(student_dir), "student", run_id=run_id)
+    return Trained(handle, student_dir, loop)

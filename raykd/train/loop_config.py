@@ -1,0 +1,37 @@
+"""What the driver hands each Ray Train worker: the typed contract between raykd/train/fit.py (and sweep
+trials, raykd/sweep/trial.py) and the worker loop (raykd/train/loop.py).
+
+    loop = LoopConfig(cfg, tokens_ref=ray.put(train), student_ref=ref, run_id=run_id, tracking_uri=uri)
+    TorchTrainer(train_loop_per_worker, train_loop_config=loop.to_train_loop_config(), ...)
+    loop = LoopConfig.from_train_loop_config(config)              # in the worker
+
+Ray Train records the loop config of a run as a plain dict, so it crosses as one (the DistillConfig dumped),
+and is checked back into this dataclass on the worker: a missing or unknown key fails at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from raykd.config import DistillConfig
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    cfg: DistillConfig  # the run's resolved config
+    tokens_ref: Any  # ObjectRef of (N, L) int32 training blocks
+    student_ref: Any  # ObjectRef of (HF config, state dict): every worker starts from the same weights
+    run_id: str | None = None  # MLflow run rank 0 logs into (None: no logging)
+    tracking_uri: str | None = None
+    alpha_only_hard: bool = False  # train on hard labels only, without the teacher (the baseline)
+    weights_ref: Any = None  # ObjectRef of (N, L) float32 per-token sample weights, or None
+    val_ref: Any = None  # sweeps: ObjectRef of (M, L) int32 held-out blocks; each checkpoint report has val_loss
+    init_checkpoint: str | None = None  # sweeps: start from this directory when Ray Train has no checkpoint
+
+    def to_train_loop_config(self) -> dict[str, Any]:
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "cfg": self.cfg.model_dump()}
+
+    @classmethod
+    def from_train_loop_config(cls, config: dict[str, Any]) -> "LoopConfig":
+        return cls(**{**config, "cfg": DistillConfig.model_validate(config["cfg"])})

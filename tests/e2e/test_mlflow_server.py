@@ -1,0 +1,210 @@
+"""Two pipelines logged to a real `mlflow server` (sqlite backend, 127.0.0.1, free port), then compared
+through its REST API the way the UI's comparison page reads them (slow: runs Ray, Serve and Train); and the
+server started with the infra/ Deployment's own command line.
+
+Checks what side-by-side comparison needs: both parent runs and all stage runs are found by tag, carry the
+same metric keys and the params that differ, their curves come back from the metric history, plots and
+the registered model come back through the server (artifact proxy and Model Registry).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.infra.manifests import mlflow_args
+from tests.pipeline.tiny_pipeline import tiny_pipeline
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    import requests
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=(root / "server.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            try:
+                if requests.get(f"{url}/health", timeout=5).text.strip() == "OK":
+                    break
+            except requests.ConnectionError:
+                pass
+            assert proc.poll() is None, (root / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow server did not come up"
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    from raykd.cluster import shutdown_ray
+    from raykd.cluster import start_ray
+
+    started = start_ray(2)  # init_ray, retried if an overloaded machine misses Ray's 30 s start-up window
+    yield
+    shutdown_ray(started)
+
+
+@pytest.fixture(scope="module")
+def two_pipelines(mlflow_server, ray_cluster, tiny_teacher, tmp_path_factory):
+    """Pipelines 'cmp-a' and 'cmp-b' (general → domain), differing in the domain stage's alpha."""
+    from raykd.pipeline.run import run_pipeline
+    from raykd.config.pipeline import PipelineConfig
+
+    tmp = tmp_path_factory.mktemp("pipelines")
+    env = pytest.MonkeyPatch()
+    env.setenv("RAYKD_CACHE", str(tmp / "cache"))
+    results = {}
+    try:
+        for name, alpha in (("cmp-a", 0.8), ("cmp-b", 0.3)):
+            tree = tiny_pipeline(tiny_teacher, tmp, name=name, tracking_uri=mlflow_server, general_steps=6, domain_steps=6)
+            tree["stages"] = [tree["stages"][0], tree["stages"][2]]
+            tree["stages"][1]["loss"]["alpha"] = alpha
+            tree["registry"]["model_name"] = "cmp-student"
+            results[name] = run_pipeline(PipelineConfig.model_validate(tree))
+        yield results
+    finally:
+        env.undo()
+
+
+def _api(url: str, method: str, path: str, **kwargs):
+    import requests
+
+    r = requests.request(method, f"{url}/api/2.0/mlflow/{path}", timeout=60, **kwargs)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_runs_of_several_pipelines_compare_side_by_side(mlflow_server, two_pipelines):
+    import requests
+
+    url = mlflow_server
+    exp = _api(url, "GET", "experiments/get-by-name", params={"experiment_name": "pipelines"})["experiment"]
+    search = lambda flt: _api(url, "POST", "runs/search", json={"experiment_ids": [exp["experiment_id"]],  # noqa: E731
+                                                                 "filter": flt, "max_results": 100}).get("runs", [])
+    parents = search("tags.`raykd.job` = 'pipeline'")
+    assert sorted(r["info"]["run_name"] for r in parents) == ["cmp-a", "cmp-b"]
+    parent_ids = {r["info"]["run_id"] for r in parents}
+    assert parent_ids == {res["parent_run_id"] for res in two_pipelines.values()}
+
+    def metrics(run):
+        return {m["key"]: m["value"] for m in run["data"].get("metrics", [])}
+
+    def params(run):
+        return {p["key"]: p["value"] for p in run["data"].get("params", [])}
+
+    # Same metric keys on both parents: the comparison table lines them up.
+    keys = [set(metrics(r)) for r in parents]
+    assert keys[0] == keys[1] and {"final_student_domain_loss", "retention_domain_perplexity"} <= keys[0]
+
+    stages = search("tags.`raykd.job` = 'pipeline-stage'")
+    assert len(stages) == 4
+    tags = [{t["key"]: t["value"] for t in r["data"]["tags"]} for r in stages]
+    assert all(t["mlflow.parentRunId"] in parent_ids for t in tags)
+    domain = {t["raykd.pipeline"]: r for t, r in zip(tags, stages) if t["raykd.stage"] == "domain"}
+    assert params(domain["cmp-a"])["loss.alpha"] == "0.8" and params(domain["cmp-b"])["loss.alpha"] == "0.3"
+    assert set(metrics(domain["cmp-a"])) == set(metrics(domain["cmp-b"]))
+
+    # Curves (what the comparison page's charts plot) come from the metric history.
+    run_id = domain["cmp-b"]["info"]["run_id"]
+    history = _api(url, "GET", "metrics/get-history", params={"run_id": run_id, "metric_key": "alpha"})["metrics"]
+    assert history and {m["value"] for m in history} == {0.3}
+    loss = _api(url, "GET", "metrics/get-history", params={"run_id": run_id, "metric_key": "loss_hard"})["metrics"]
+    assert max(m["step"] for m in loss) == 6
+
+    # Plots through the server's artifact proxy.
+    parent_b = two_pipelines["cmp-b"]["parent_run_id"]
+    listed = _api(url, "GET", "artifacts/list", params={"run_id": parent_b, "path": "plots"})["files"]
+    assert {f["path"] for f in listed} == {"plots/eval_progress.png", "plots/stages_curves.png"}
+    png = requests.get(f"{url}/get-artifact", params={"path": "plots/eval_progress.png", "run_uuid": parent_b}, timeout=60)
+    assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Both final students are versions of one registered model, each with its pipeline's lineage.
+    versions = _api(url, "GET", "model-versions/search", params={"filter": "name = 'cmp-student'"})["model_versions"]
+    assert len(versions) == 2
+    by_run = {}
+    for v in versions:
+        t = {x["key"]: x["value"] for x in v.get("tags", [])}
+        assert t["raykd.lineage"] == "general → domain"
+        by_run[t["raykd.pipeline_run_id"]] = t["raykd.pipeline"]
+    assert by_run == {res["parent_run_id"]: name for name, res in two_pipelines.items()}
+
+    # The UI itself is served (the comparison page is rendered client-side from the calls above).
+    page = requests.get(url + "/", timeout=60)
+    assert page.status_code == 200 and "<html" in page.text.lower()
+
+
+def test_mlflow_server_runs_with_the_manifest_arguments(tmp_path):
+    """The Deployment's `mlflow server` command line, run locally (paths and host swapped for local ones)."""
+    import os
+    import socket
+    import subprocess
+    import time
+
+    import requests
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = mlflow_args()
+    args.update({"host": "127.0.0.1", "port": str(port), "backend-store-uri": f"sqlite:///{tmp_path}/mlflow.db",
+                 "artifacts-destination": str(tmp_path / "artifacts")})
+    argv = ["mlflow", "server"] + [f"--{k}={v}" if v else f"--{k}" for k, v in args.items()]
+    log = open(tmp_path / "mlflow-server.log", "wb")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 600  # seconds normally; minutes on a 2-core machine under load
+        while True:
+            assert proc.poll() is None, (tmp_path / "mlflow-server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow server did not answer /health in 600 s"
+            try:
+                if requests.get(f"{url}/health", timeout=5).ok:
+                    break
+            except requests.RequestException:  # not listening yet, or too slow to answer
+                time.sleep(2)
+        search = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
+        ok = requests.get(search, headers={"Host": "raykd-mlflow.raykd.svc.cluster.local:5000"}, timeout=60)
+        assert ok.status_code == 200, ok.text
+        bad = requests.get(search, headers={"Host": "evil.example.com"}, timeout=60)
+        assert bad.status_code == 403
+        import mlflow
+
+        client = mlflow.MlflowClient(url)
+        exp = client.create_experiment("infra-check")
+        run = client.create_run(exp)
+        (tmp_path / "a.txt").write_text("artifact")
+        client.log_artifact(run.info.run_id, str(tmp_path / "a.txt"))  # proxied: lands under --artifacts-destination
+        assert list((tmp_path / "artifacts").rglob("a.txt"))
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=60)
+        log.close()

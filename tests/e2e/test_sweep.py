@@ -1,0 +1,154 @@
+"""Real sweeps: the `raykd sweep` command in a child process (its own embedded Ray cluster), on conftest's tiny
+teacher, with the example configs shrunk: 30 steps, reports every 10. ASHA + PBT, best-config re-run, resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from raykd.config import DistillConfig, load_config
+from tests.sweep.examples import ASHA_YAML, PBT_YAML
+
+
+# --------------------------------------------------------------------------------------------- real sweeps
+# The real command in a child process (its own embedded Ray cluster), on conftest's tiny teacher, with the
+# example configs shrunk: 30 steps, reports every 10.
+SMALL = ["base.data.builtin_chars=60000", "base.train.max_steps=30", "base.train.checkpoint_every=10",
+         "base.train.log_every=10", "base.train.batch_size=4", "base.eval.max_sequences=8"]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "RAYKD_CACHE": str(tmp_path / "cache"), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+            "PYTHONUNBUFFERED": "1"}
+
+
+def _sweep_cmd(config: Path, tmp_path: Path, teacher: Path, name: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "raykd.cli", "sweep", "--config", str(config), f"name={name}",
+            f"storage_path={tmp_path / 'sweeps'}", f"base.output_dir={tmp_path / 'out'}",
+            f"base.teacher.path={teacher}", *SMALL, *extra]
+
+
+def _mlflow(tmp_path: Path, experiment: str = "raykd-sweeps"):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name(experiment)
+    return client, client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def _children(runs, parent):
+    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+
+
+@pytest.mark.slow
+def test_asha_sweep_tracks_trials_and_its_best_config_reproduces(tmp_path, tiny_teacher) -> None:
+    proc = subprocess.run(_sweep_cmd(ASHA_YAML, tmp_path, tiny_teacher, "asha", "num_samples=4", "asha.grace_period=10"),
+                          cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    assert proc.stderr.count("deploying the shared teacher") == 1
+
+    out = tmp_path / "out" / "asha"
+    table = (out / "results.md").read_text().splitlines()
+    assert len(table) == 2 + 4 and sum("**best**" in line for line in table) == 1
+    client, runs = _mlflow(tmp_path)
+    parent = next(r for r in runs if r.info.run_name == "asha")
+    assert parent.info.status == "FINISHED" and parent.data.params["scheduler"] == "asha"
+    assert {"results.md", "best.yaml", "curves.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    children = _children(runs, parent)
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
+        assert steps == sorted(steps) and steps[0] == 10 and steps[-1] == int(child.data.tags["raykd.sweep.final_step"])
+        assert client.get_metric_history(child.info.run_id, "loss_hard")  # the training curves of the trial
+        values = json.loads(child.data.tags["raykd.sweep.values"])
+        assert child.data.params["loss.alpha"] == str(values["loss.alpha"])
+    best_trial = parent.data.tags["raykd.sweep.best_trial"]
+    best_metric = parent.data.metrics["best_val_loss"]
+
+    # The exported config runs as is with `raykd distill` and lands on the trial's held-out loss.
+    best_yaml = out / "best.yaml"
+    assert best_trial in best_yaml.read_text().splitlines()[0]
+    proc = subprocess.run([sys.executable, "-m", "raykd.cli", "distill", "--config", str(best_yaml)],
+                          cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    _, runs = _mlflow(tmp_path)
+    rerun = next(r for r in runs if r.info.run_name == "asha-best")
+    replayed = rerun.data.metrics["eval_kd_student_heldout_loss"]
+    print(f"best trial {best_trial}: val_loss {best_metric:.5f}; raykd distill best.yaml: {replayed:.5f}")
+    assert replayed == pytest.approx(best_metric, abs=0.02)
+
+
+@pytest.mark.slow
+def test_pbt_sweep_copies_checkpoints_and_records_the_schedule(tmp_path, tiny_teacher) -> None:
+    # Synchronous PBT: at step 10 every trial waits for the others, then the worst one (1 of 4) continues
+    # from the best one's checkpoint with perturbed T/alpha, and the others from their own (a pause/restore).
+    cmd = _sweep_cmd(PBT_YAML, tmp_path, tiny_teacher, "pbt", "pbt.synch=true", "base.train.max_steps=20")
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    histories = []
+    for state in (tmp_path / "sweeps" / "pbt").glob("*/checkpoint_*/sweep_state.json"):
+        histories.append(json.loads(state.read_text())["history"])
+    exploited = [h for h in histories if len({e["trial_id"] for e in h}) > 1]
+    assert exploited, histories
+    for h in exploited:
+        assert [e["step"] for e in h] == sorted(e["step"] for e in h) and h[0]["step"] == 0
+        assert all(set(e["values"]) == {"loss.temperature", "loss.alpha"} for e in h)
+        for e in h:
+            assert 1.0 <= e["values"]["loss.temperature"] <= 6.0 and 0.1 <= e["values"]["loss.alpha"] <= 0.95
+    out = tmp_path / "out" / "pbt"
+    schedule = (out / "pbt_schedule.md").read_text()
+    assert schedule.startswith("PBT schedules") and "(best)" in schedule and "| 0 |" in schedule
+    cfg = load_config(DistillConfig, out / "best.yaml")
+    assert cfg.run_name == "pbt-best" and cfg.train.max_steps == 20
+    client, runs = _mlflow(tmp_path)
+    parent = next(r for r in runs if r.info.run_name == "pbt")
+    children = _children(runs, parent)
+    assert len(children) == 4  # a PBT restart continues its trial's run, it does not open another
+    assert any(c.data.tags.get("raykd.resumed") == "true" for c in children)
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_where_it_stopped(tmp_path, tiny_teacher) -> None:
+    cmd = _sweep_cmd(ASHA_YAML, tmp_path, tiny_teacher, "resume", "num_samples=2", "scheduler=fifo",
+                     "base.train.max_steps=60")
+    log = tmp_path / "first.log"  # a file, not a pipe: Ray's worker logs would fill a pipe and stall the sweep
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    exp_dir = tmp_path / "sweeps" / "resume"
+    deadline = time.time() + 1200
+    while not list(exp_dir.glob("*/checkpoint_*")) and first.poll() is None and time.time() < deadline:
+        time.sleep(2)
+    assert first.poll() is None, "the sweep ended before it could be interrupted"
+    first.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves the experiment and stops the trials
+    first.wait(timeout=300)
+    err = log.read_text()
+    assert first.returncode == 130, err[-4000:]
+    assert "--resume" in err.splitlines()[-1]
+
+    again = subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "pass --resume" in again.stderr
+
+    resumed = subprocess.run([*cmd, "--resume"], cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True,
+                             timeout=1800)
+    assert resumed.returncode == 0, resumed.stderr[-6000:]
+    assert "resuming sweep resume" in resumed.stderr
+    # Each trial's results continue from its checkpoint: no step is reported twice, every trial reaches 60.
+    for progress in exp_dir.glob("*/progress.csv"):
+        import csv
+
+        steps = [int(float(row["step"])) for row in csv.DictReader(progress.open())]
+        assert steps == sorted(set(steps)) and steps[-1] == 60, (progress, steps)
+    client, runs = _mlflow(tmp_path)
+    parents = [r for r in runs if r.info.run_name == "resume"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # the same parent run, continued
+    children = _children(runs, parents[0])
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+    assert any(c.data.tags.get("raykd.resumed") == "true" for c in children)
+    assert (tmp_path / "out" / "resume" / "best.yaml").exists()
