@@ -13,6 +13,7 @@ comparison, a hard-label-only student with the same budget and seed), and the ev
 from __future__ import annotations
 
 import dataclasses
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,7 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
 
 def evaluate_all(cfg: DistillConfig, prep: Prepared, handle, student_dirs: dict[str, Path]):
     """The teacher through its deployment, every student in-process, on the same held-out sequences."""
-    from raykd.eval.table import format_table, student_row, teacher_row
+    from raykd.eval.table import format_table, teacher_row
     from raykd.models import safetensors_param_count
 
     val = prep.val[: cfg.eval.max_sequences]
@@ -92,3 +93,18 @@ def evaluate_all(cfg: DistillConfig, prep: Prepared, handle, student_dirs: dict[
     for name, d in student_dirs.items():
         rows.append(student_row(name, str(d), val, top1, prompts, cfg.eval.gen_tokens))
     return format_table(rows), rows
+
+
+def student_row(name: str, model_dir: str, val: np.ndarray, teacher_top1: np.ndarray, prompts: list[np.ndarray],
+                gen_tokens: int):
+    """Held-out loss, agreement with the teacher's top-1 (rows as in TeacherSignals) and generation speed,
+    measured with the code the hf teacher backend runs."""
+    from raykd.eval.heldout import heldout_loss
+    from raykd.eval.table import EvalRow
+    from raykd.models import count_parameters
+    from raykd.teacher.hf_backend import HFTeacherBackend
+
+    backend = HFTeacherBackend(model_dir, device="cpu")
+    loss, agree = heldout_loss(backend.model, val, teacher_top1)
+    gen = backend.generate(prompts, gen_tokens)
+    return EvalRow(name, count_parameters(backend.model), loss, math.exp(loss), agree, gen.tokens_per_second)

@@ -1,6 +1,7 @@
 """The comparison table of `raykd distill`: teacher and students on held-out sequences.
 
-    rows = [teacher_row(signals, params, gen.tokens_per_second), student_row("kd student", dir, val, top1, ...)]
+    rows = [teacher_row(signals, params, gen.tokens_per_second),
+            EvalRow("kd student", params, loss, math.exp(loss), agreement, tokens_per_s)]    # raykd/distill.py
     print(format_table(rows))
 
 Teacher numbers come through the Serve deployment (the same replicas that trained the student: a 70B
@@ -16,7 +17,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from raykd.eval.heldout import heldout_loss
 from raykd.signals import TeacherSignals
 
 
@@ -36,18 +36,6 @@ class EvalRow:
 def teacher_row(signals: TeacherSignals, params: int, gen_tokens_per_s: float, name: str = "teacher") -> EvalRow:
     loss = float(-np.mean(signals.target_logprob.astype(np.float64)))
     return EvalRow(name, params, loss, math.exp(loss), 1.0, gen_tokens_per_s)
-
-
-def student_row(name: str, model_dir: str, val: np.ndarray, teacher_top1: np.ndarray, prompts: list[np.ndarray],
-                gen_tokens: int) -> EvalRow:
-    """Held-out loss, agreement with the teacher's top-1 (rows as in TeacherSignals) and generation speed."""
-    from raykd.models import count_parameters
-    from raykd.teacher.hf_backend import HFTeacherBackend
-
-    backend = HFTeacherBackend(model_dir, device="cpu")
-    loss, agree = heldout_loss(backend.model, val, teacher_top1)
-    gen = backend.generate(prompts, gen_tokens)
-    return EvalRow(name, count_parameters(backend.model), loss, math.exp(loss), agree, gen.tokens_per_second)
 
 
 def format_table(rows: list[EvalRow]) -> str:

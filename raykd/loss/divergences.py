@@ -42,11 +42,9 @@ renormalised), so weight 0 removes a sample and 2 counts it double; an all-maske
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 
-Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"]
 DIVERGENCES: tuple[str, ...] = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd")
 
 # Log-probabilities of outcomes with zero mass (-inf) are replaced by this floor before any

@@ -34,8 +34,6 @@ import math
 import numpy as np
 import torch
 
-RULES = ("entropy", "disagreement")
-
 
 def entropy_difficulty(
     t_logp: torch.Tensor,  # (N, C) teacher log-probs at T = 1: the full distribution, or its top-k

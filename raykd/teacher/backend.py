@@ -1,22 +1,21 @@
 """The interface every teacher backend implements, and the choice of backend for a `teacher:` section.
 
-    backend = make_backend(cfg.teacher, model_path)            # in the Serve replica (raykd/teacher/service.py)
+    backend: TeacherBackend = make_backend(cfg.teacher, model_path)    # in the replica (raykd/teacher/service.py)
     signals = await backend.score([np.array([1, 5, 9, 2])], top_k=20)      # TeacherSignals, 3 rows
     gen = await backend.generate(prompts, max_new_tokens=64)                # Generation
 
 Two backends today: transformers in the replica (`ServedHFBackend`, raykd/teacher/hf_backend.py) and a vLLM
 engine (`VllmTeacherBackend`, raykd/teacher/vllm_backend.py). A new one (another engine, a faster scoring
-path) implements `TeacherBackend` and is added to `make_backend`; the deployment needs no other change.
+path) implements `TeacherBackend` and is added to `make_backend` (service.py); nothing else changes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from raykd.config import TeacherConfig
 from raykd.signals import TeacherSignals
 
 
@@ -69,17 +68,3 @@ class TeacherBackend(Protocol):
     def shutdown(self) -> None:
         """Release what the backend started (engine processes); idempotent."""
         ...
-
-
-def make_backend(cfg: TeacherConfig, model_path: str) -> Any:
-    """The `TeacherBackend` for `cfg.backend`; heavy imports (torch, vLLM) happen here, in the replica."""
-    if cfg.backend == "hf":
-        import torch
-
-        from raykd.teacher.hf_backend import ServedHFBackend
-
-        torch.set_num_threads(max(1, int(cfg.num_cpus)))
-        return ServedHFBackend(model_path, dtype=cfg.dtype)
-    from raykd.teacher.vllm_backend import VllmTeacherBackend  # noqa: PLC0415 (lazy: vLLM is heavy)
-
-    return VllmTeacherBackend(model_path, cfg.vllm)

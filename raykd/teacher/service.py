@@ -23,7 +23,7 @@ import numpy as np
 
 from raykd.config import ConfigError, TeacherConfig
 from raykd.signals import TeacherSignals
-from raykd.teacher.backend import Generation, TeacherBackend, make_backend
+from raykd.teacher.backend import Generation, TeacherBackend
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,20 @@ class TeacherInfo:
     replica: str = ""  # Serve replica id of the replica that answered
     pid: int = 0  # its process id (its vLLM engine runs in child processes)
     scored_requests: int = 0  # score requests that replica has answered so far (shows how load spreads)
+
+
+def make_backend(cfg: TeacherConfig, model_path: str) -> TeacherBackend:
+    """The `TeacherBackend` for `cfg.backend`; heavy imports (torch, vLLM) happen here, in the replica."""
+    if cfg.backend == "hf":
+        import torch
+
+        from raykd.teacher.hf_backend import ServedHFBackend
+
+        torch.set_num_threads(max(1, int(cfg.num_cpus)))
+        return ServedHFBackend(model_path, dtype=cfg.dtype)
+    from raykd.teacher.vllm_backend import VllmTeacherBackend  # noqa: PLC0415 (lazy: vLLM is heavy)
+
+    return VllmTeacherBackend(model_path, cfg.vllm)
 
 
 class Teacher:
