@@ -20,6 +20,8 @@ optionally per-row `weights (N,)`. Rows are reduced as sum m w x / sum m; an all
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -95,7 +97,7 @@ def distill_loss(
     labels: torch.Tensor,  # (N,)
     *,
     alpha: float,
-    temperature: float | torch.Tensor,  # float or (N,)
+    temperature: float | torch.Tensor | Callable[[], float | torch.Tensor],  # float, (N,), or computed (below)
     divergence: str = "forward_kl",
     beta: float = 0.5,
     skew_lambda: float = 0.1,
@@ -106,24 +108,31 @@ def distill_loss(
     topk_logprobs: torch.Tensor | None = None,  # (N, k)
     tail_logprob: torch.Tensor | None = None,  # (N,)
     tail: Tail = "bucket",
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return_temperature: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """`(loss, loss_soft, loss_hard)` with loss = alpha * loss_soft + (1 - alpha) * loss_hard.
 
     Give either full `teacher_logits` or the sparse `topk_ids`/`topk_logprobs` (+ `tail_logprob`): the soft
     term is then computed (and reported) at every alpha. Without a teacher alpha must be 0; loss_soft is 0.
+    `temperature` may be a function of nothing, called after the hard term and before the soft one (dynamic
+    temperature: raykd/loss/row_loss.py); `return_temperature` appends the temperature used.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if not isinstance(temperature, torch.Tensor) and temperature <= 0:
+    if not callable(temperature) and not isinstance(temperature, torch.Tensor) and temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     loss_hard = hard_ce(student_logits, labels, mask, weights)
     if teacher_logits is None and (topk_ids is None or topk_logprobs is None):
         if alpha != 0.0:
             raise ValueError("distill_loss needs teacher_logits or topk_ids + topk_logprobs when alpha > 0")
-        return loss_hard, torch.zeros_like(loss_hard), loss_hard
+        out = (loss_hard, torch.zeros_like(loss_hard), loss_hard)
+        return out + ((temperature() if callable(temperature) else temperature),) if return_temperature else out
+    if callable(temperature):
+        temperature = temperature()
     loss_soft = soft_loss(
         student_logits, divergence=divergence, temperature=temperature, beta=beta, skew_lambda=skew_lambda,
         mask=mask, weights=weights, teacher_logits=teacher_logits, topk_ids=topk_ids, topk_logprobs=topk_logprobs,
         tail_logprob=tail_logprob, tail=tail,
     )
-    return alpha * loss_soft + (1.0 - alpha) * loss_hard, loss_soft, loss_hard
+    out = (alpha * loss_soft + (1.0 - alpha) * loss_hard, loss_soft, loss_hard)
+    return out + (temperature,) if return_temperature else out

@@ -72,18 +72,25 @@ class RowLoss:
         if sig["topk_ids"].shape[0] != rows.shape[0]:
             raise ValueError(f"teacher signals have {sig['topk_ids'].shape[0]} rows, the batch {rows.shape[0]}")
         dyn = self.dynamic
-        t1 = s1 = None
-        if need_t1 or (dyn is not None and dyn.rule == "disagreement"):
-            t1, s1 = log_distributions(rows, **sig, temperature=1.0, tail=lc.tail)
-        if dyn is not None:
+        compared: dict[str, torch.Tensor] = {}
+
+        def step_temperature() -> float | torch.Tensor:
+            """T of this step, after the hard term (the order autograd accumulates the gradients in): the
+            compared distributions at T = 1 first when the disagreement rule or the caller needs them."""
+            if need_t1 or (dyn is not None and dyn.rule == "disagreement"):
+                compared["t1"], compared["s1"] = log_distributions(rows, **sig, temperature=1.0, tail=lc.tail)
+            if dyn is None:
+                return temperature
             if dyn.rule == "entropy":
                 d = entropy_difficulty(sig["topk_logprobs"], sig["tail_logprob"], rows.shape[-1])
             else:
-                d = disagreement_difficulty(t1, s1)
-            temperature = token_temperature(d, dyn.min_temperature, dyn.max_temperature)
-        loss, soft, hard = distill_loss(
-            rows, labels, alpha=alpha, temperature=temperature, divergence=lc.divergence, beta=lc.beta,
-            skew_lambda=lc.skew_lambda, mask=mask, weights=weights, tail=lc.tail, **sig,
+                d = disagreement_difficulty(compared["t1"], compared["s1"])
+            return token_temperature(d, dyn.min_temperature, dyn.max_temperature)
+
+        loss, soft, hard, temperature = distill_loss(
+            rows, labels, alpha=alpha, temperature=step_temperature, divergence=lc.divergence, beta=lc.beta,
+            skew_lambda=lc.skew_lambda, mask=mask, weights=weights, tail=lc.tail, return_temperature=True, **sig,
         )
+        t1, s1 = compared.get("t1"), compared.get("s1")
         metrics = {"loss_hard": float(hard.detach()), "loss_soft": float(soft.detach()), "loss": float(loss.detach())}
         return RowLossOut(loss, metrics, alpha, temperature, sig, t1, s1)

@@ -3,7 +3,7 @@
     value = schedule_value(step, total_steps, kind="cosine", start=4.0, end=1.0, warmup_steps=10, warmup_from=1.0)
     sched = Schedule.from_config(cfg.loss.temperature_schedule, base=cfg.loss.temperature, total_steps=200)
     sched(step)                                   # the value used at optimizer step `step` (0-based)
-    factor = lr_factor(step, warmup_steps=20, progress=0.3)    # learning-rate multiplier (warm-up, cosine)
+    lr = lr_factor(step, warmup_steps=20, progress=0.3, base=3e-3)   # learning rate (warm-up, cosine decay)
 
 Shape of every schedule, for step s in [0, total_steps):
 
@@ -112,8 +112,9 @@ def lr_factor(
     floor: float = 0.1,
     decay: Literal["cosine", "linear"] = "cosine",
     warmup_progress: float | None = None,
+    base: float = 1.0,
 ) -> float:
-    """Learning-rate multiplier at 0-based `step`: warm-up times decay.
+    """`base` (a peak learning rate, or 1 for a multiplier) times warm-up times decay at 0-based `step`.
 
     warm-up: (step + 1) / warmup_steps, up to 1 (none when warmup_steps is 0); with `warmup_progress` it also
     ends once `progress` reaches that fraction (a slow build must not spend its time budget warming up).
@@ -128,4 +129,4 @@ def lr_factor(
         shape = floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * p))
     else:
         shape = max(floor, 1.0 - p)
-    return min(1.0, warm) * shape
+    return base * min(1.0, warm) * shape

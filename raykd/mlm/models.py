@@ -66,7 +66,7 @@ def build_tiny_bert(cfg: MLMTeacherBuild, out_dir: Path, progress: bool = True) 
     progress_line = Progress(cfg.steps)
     for step in range(cfg.steps):
         for group in opt.param_groups:  # 10 warm-up steps, then linear decay to 0
-            group["lr"] = cfg.lr * lr_factor(step, 10, step / cfg.steps, floor=0.0, decay="linear")
+            group["lr"] = lr_factor(step, 10, step / cfg.steps, floor=0.0, decay="linear", base=cfg.lr)
         batch = blocks[rng.integers(0, len(blocks), cfg.batch_size)]
         inputs, selected = distilbert_mask(batch, rng, mask_id=tok.mask_token_id, vocab_size=len(tok),
                                            special_ids=special_ids(tok))

@@ -100,7 +100,7 @@ def _train(base_path: str, train: np.ndarray, val: np.ndarray, cfg: AdaptTeacher
             _say(f"adapting teacher {base_path}: {cfg.steps} steps on {len(train)} sequences of {train.shape[1]}")
             for step in range(cfg.steps):
                 for g in opt.param_groups:
-                    g["lr"] = cfg.lr * lr_factor(step, cfg.warmup_steps, step / max(1, cfg.steps - 1))
+                    g["lr"] = lr_factor(step, cfg.warmup_steps, step / max(1, cfg.steps - 1), base=cfg.lr)
                 ids = torch.as_tensor(train[rng.integers(0, len(train), cfg.batch_size)], dtype=torch.long)
                 logits = model(input_ids=ids).logits[:, :-1]
                 loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
