@@ -9,7 +9,7 @@ batch 16 sequences per worker step.
 - naive: one process, 2 torch threads; per step the teacher forward (HFTeacherBackend.score, the code the
   Serve replica runs) then the student step. tokens/s over the timed steps; `teacher_share` is the time
   spent in the teacher forward.
-- ray: the `raykd distill` training path (raykd.distill.train_in_run: teacher on Serve, student on Ray Train,
+- ray: the `raykd distill` training path (raykd.train.fit.train_in_run: teacher on Serve, student on Ray Train,
   prefetch window 4, signals packed on the wire), cache off. student_tokens_per_s and
   teacher_wait_fraction as the loop logs them to MLflow, averaged over the log windows after the first.
 - cache: two epochs with the cache on vs off; the second epoch's tokens/s and teacher requests.

@@ -28,7 +28,7 @@ def run_mlm_distill(cfg: MLMDistillConfig) -> dict[str, Any]:
     from raykd.cluster import init_ray, shutdown_ray
     from raykd.data.blocks import split_blocks
     from raykd.data.sources import load_texts
-    from raykd.models import check_model_dir, model_fingerprint
+    from raykd.models import check_model_dir, count_parameters, model_fingerprint
     from raykd.teacher.service import launch_teacher
     from raykd.tracking import MetricLogger, resolve_tracking_uri, tracked_run
 
@@ -57,7 +57,7 @@ def run_mlm_distill(cfg: MLMDistillConfig) -> dict[str, Any]:
             out_root = Path(cfg.output_dir) / cfg.run_name
             for name, fn in students.items():
                 student = derive_bert_student(teacher_path, cfg.student, cfg.seed)
-                say(f"training the {name} ({sum(p.numel() for p in student.parameters()):,} params)")
+                say(f"training the {name} ({count_parameters(student):,} params)")
                 logger = MetricLogger(uri, run_id) if fn is not None else None
                 train_mlm_student(student, train, tok, cfg, fn, logger)
                 rows.append({"model": name, **evaluate_mlm(student, val, tok, cfg, teacher_sig)})
