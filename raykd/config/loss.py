@@ -90,6 +90,14 @@ class DynamicTemperatureConfig(StrictModel):
         return self
 
 
+def _check_layer_map(layer_map: dict[int, int], weight: float, first: int, numbering: str) -> None:
+    """A feature term that is on names its layers, and every layer index is at least `first`."""
+    if weight > 0 and not layer_map:
+        raise ValueError("layer_map is empty; give student -> teacher layers, e.g. {2: 4}")
+    if any(k < first or v < first for k, v in layer_map.items()):
+        raise ValueError(f"layer_map indices must be >= {first} ({numbering}), got {layer_map}")
+
+
 class HiddenMatchConfig(StrictModel):
     """weight * sum_l MSE(h_l^teacher, W_l h_l^student), W_l learnable (raykd/loss/features.py)."""
 
@@ -101,10 +109,7 @@ class HiddenMatchConfig(StrictModel):
 
     @model_validator(mode="after")
     def _map(self) -> "HiddenMatchConfig":
-        if self.weight > 0 and not self.layer_map:
-            raise ValueError("layer_map is empty; give student -> teacher layers, e.g. {2: 4}")
-        if any(k < 0 or v < 0 for k, v in self.layer_map.items()):
-            raise ValueError(f"layer_map indices must be >= 0 (0 = embeddings), got {self.layer_map}")
+        _check_layer_map(self.layer_map, self.weight, first=0, numbering="0 = embeddings")
         return self
 
 
@@ -122,10 +127,7 @@ class AttentionMatchConfig(StrictModel):
 
     @model_validator(mode="after")
     def _map(self) -> "AttentionMatchConfig":
-        if self.weight > 0 and not self.layer_map:
-            raise ValueError("layer_map is empty; give student -> teacher layers, e.g. {2: 4}")
-        if any(k < 1 or v < 1 for k, v in self.layer_map.items()):
-            raise ValueError(f"layer_map layers are 1-based, got {self.layer_map}")
+        _check_layer_map(self.layer_map, self.weight, first=1, numbering="1-based")
         return self
 
 
