@@ -14,6 +14,7 @@ Agreement tolerances come from the dtypes:
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 
 import numpy as np
@@ -32,6 +33,14 @@ def loop():
     # AsyncLLM binds its output handler to the loop of the first request: one loop for the whole module.
     loop = asyncio.new_event_loop()
     yield loop
+    # An engine's shutdown() only schedules the cancellation of its output handler: let it run here. A task
+    # left pending keeps its zmq socket open, and the zmq context's finalizer then blocks for good in
+    # whichever later test the garbage collector happens to run in.
+    pending = asyncio.all_tasks(loop)
+    for task in pending:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    gc.collect()
     loop.close()
 
 
