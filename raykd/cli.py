@@ -9,11 +9,15 @@
 
 Config problems end with one line `raykd: error: <field>: <problem>` and exit code 2, before any
 cluster starts or model loads.
+
+The console shows raykd's own lines: stage lines, one progress bar per phase, the final table, and any
+error. Ray's logs stay in its log directory; `--verbose` (any command) shows them live.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -21,6 +25,10 @@ import sys
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raykd", description="Ray-native knowledge distillation for LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true",
+                        help="also show Ray's logs (workers, Serve, Train, Tune) live; by default they stay in Ray's log directory")
+    sub.add_parser = functools.partial(sub.add_parser, parents=[common])  # --verbose on every command
     p = sub.add_parser("distill", help="distil a teacher into a student (teacher on Serve, student on Train)")
     p.add_argument("--config", help="YAML file (see jobs/configs/)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. loss.alpha=0.7")
@@ -45,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from raykd.console import is_verbose, set_verbose
+
+    set_verbose(args.verbose or is_verbose())  # RAYKD_VERBOSE=1 in the environment works too
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

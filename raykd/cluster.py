@@ -6,6 +6,11 @@ with the dashboard bound to 127.0.0.1.
 
     started = init_ray(logical_cpus_needed)     # True: this process started the cluster and stops it
     shutdown_ray(started)
+
+Ray's output stays in its log directory (the session's logs/ folder) unless the command runs with
+`--verbose` (raykd/console.py): no worker output is forwarded to the driver, and Ray's, Serve's, Train's
+and Tune's driver-side loggers print warnings and errors only. raykd's own lines, progress bars and
+tables (raykd/console.py, raykd/train/progress.py) and every error still reach the terminal.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import json
 import logging
 import os
 
-from raykd.console import say
+from raykd.console import is_verbose, say
 
 
 # Worker processes inherit these: no tokenizer thread pools fighting Train workers for cores, no
@@ -27,20 +32,41 @@ QUIET_ENV = {
 }
 
 
+# Driver-side loggers of Ray's libraries: INFO lines about their internals ("Started Serve in namespace",
+# "Application ... is ready", Tune's trial tables) are for --verbose. The token-auth notice is a warning Ray
+# prints on every embedded start; it says nothing about this run.
+QUIET_LOGGERS = {"ray": logging.WARNING, "ray.serve": logging.WARNING, "ray.train": logging.WARNING,
+                 "ray.tune": logging.WARNING, "ray.data": logging.WARNING,
+                 "ray._private.authentication.authentication_token_setup": logging.ERROR}
+
+
+def quiet_ray_loggers() -> None:
+    """Raise the levels of Ray's driver-side loggers (not under --verbose). Ray Serve sets its logger's level
+    when imported, so it is imported first."""
+    if is_verbose():
+        return
+    import ray.serve  # noqa: F401
+
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+
+
 def init_ray(logical_cpus_needed: float) -> bool:
     """Connect to or start Ray. Returns True when this call started (and so should stop) the cluster."""
     import ray
 
     os.environ.update({k: os.environ.get(k, v) for k, v in QUIET_ENV.items()})
+    quiet_ray_loggers()
     if ray.is_initialized():
         return False
+    verbose = is_verbose()
     env = {"env_vars": QUIET_ENV}
     address = os.environ.get("RAY_ADDRESS")
     if address:
         # Under `ray job submit` Ray merges this with the job's runtime env and refuses a variable both set
         # (e.g. TOKENIZERS_PARALLELISM in --runtime-env-json): the job's value wins.
         env = {"env_vars": {k: v for k, v in QUIET_ENV.items() if k not in _job_env_vars()}}
-        ray.init(address=address, runtime_env=env, logging_level=logging.WARNING)
+        ray.init(address=address, runtime_env=env, logging_level=logging.WARNING, log_to_driver=verbose)
         return False
     cpus = max(os.cpu_count() or 1, int(logical_cpus_needed + 0.999))
     ray.init(
@@ -49,6 +75,7 @@ def init_ray(logical_cpus_needed: float) -> bool:
         runtime_env=env,
         logging_level=logging.WARNING,
         configure_logging=True,
+        log_to_driver=verbose,
     )
     return True
 

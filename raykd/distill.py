@@ -57,7 +57,8 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
                     data = put_data(prep.train, prep.train_weights) if cfg.seqkd.enabled else {}
                     base_loop = dataclasses.replace(trained.loop, cfg=base_cfg, run_id=base_id, alpha_only_hard=True,
                                                     **data)
-                    base_ckpt = fit_student(base_cfg, f"{cfg.run_name}-hard-only", base_loop)
+                    base_ckpt = fit_student(base_cfg, f"{cfg.run_name}-hard-only", base_loop,
+                                            label="train hard-label student")
                     dirs["hard-label student"] = export_student(base_ckpt, prep.tokenizer, out_root / "student-hard-only")
 
             runs = {"kd": run_id, **({"hard-only": base_id} if cfg.eval.baseline else {})}

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from raykd.config import TinyTeacherConfig, default_cache_dir
-from raykd.console import Progress, duration, say
+from raykd.console import Bar, Progress, duration, say
 from raykd.data.corpus import generate_corpus
 from raykd.files import atomic_dir, build_once
 from raykd.loss.schedules import lr_factor
@@ -90,7 +90,8 @@ def _pretrain(
     losses: list[float] = []
     loss_log: list[list[float]] = []
     step_s = 0.0  # EMA of seconds per step
-    progress_line = Progress(cfg.max_steps, every_s=_LOG_EVERY_S, start=t_start)
+    progress_line = Progress(cfg.max_steps, every_s=_LOG_EVERY_S, start=t_start)  # the loss log's cadence
+    bar = Bar("pre-train teacher", cfg.max_steps, "steps", scope="raykd.teacher") if progress else None
     stopped_by = "max_steps"
     step = 0
     while step < cfg.max_steps:
@@ -127,11 +128,10 @@ def _pretrain(
             loss_log.append([step, round(recent, 4)])
             tok_s = progress_line.rate(step) * cfg.batch_size * cfg.seq_len
             eta = min((cfg.max_steps - step) * step_s, max(0.0, deadline - t))  # whichever budget ends first
-            _log(
-                progress,
-                f"step {step}/{cfg.max_steps}  loss {recent:.4f}  lr {lr:.2e}  {tok_s:,.0f} tok/s  "
-                f"elapsed {duration(t - t_start)}  eta {duration(eta)}",
-            )
+            if bar is not None:
+                bar.update(step, f"loss {recent:.4f}  lr {lr:.2e}  {tok_s:,.0f} tok/s", eta_s=eta)
+    if bar is not None:
+        bar.close()
     seconds = time.monotonic() - t_start
     tail = losses[-10:]
     if loss_log[-1][0] != step:
@@ -221,11 +221,6 @@ def build_tiny_teacher(
         vocab = len(tokenizer)
         n_val = max(1, int(ids.numel() * VAL_FRACTION))
         train_ids, val_ids = ids[:-n_val], ids[-n_val:]
-        _log(
-            progress,
-            f"corpus {len(text):,} chars -> {ids.numel():,} tokens (vocab {vocab}, {len(text) / ids.numel():.2f} chars/token); "
-            f"corpus {timings['corpus']:.1f}s, tokenizer {timings['tokenizer']:.1f}s, encode {timings['tokenize']:.1f}s",
-        )
 
         with torch_threads(threads), torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
@@ -233,7 +228,9 @@ def build_tiny_teacher(
             model = make_model(cfg, vocab, tokenizer.convert_tokens_to_ids(EOT))
             timings["model_init"] = time.monotonic() - t
             n_params = sum(p.numel() for p in model.parameters())
-            _log(progress, f"model: {n_params / 1e6:.2f}M parameters; pre-training on {train_ids.numel():,} tokens")
+            _log(progress, f"corpus {len(text):,} chars -> {ids.numel():,} tokens (vocab {vocab}) in "
+                 f"{duration(timings['corpus'] + timings['tokenizer'] + timings['tokenize'])}; "
+                 f"model {n_params / 1e6:.2f}M parameters")
             stats = _pretrain(model, train_ids, cfg, deadline=deadline, progress=progress)
             timings["train"] = stats.pop("train_seconds")
 

@@ -10,6 +10,7 @@ storage path resumes from the last one (Ray Train restores by run name).
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,9 +55,16 @@ def make_trainer(cfg: DistillConfig, name: str, storage_path: str, loop: LoopCon
     )
 
 
-def fit_student(cfg: DistillConfig, name: str, loop: LoopConfig) -> Path:
-    """Run the TorchTrainer; return the directory of its final checkpoint (resumes a same-named run)."""
-    result = make_trainer(cfg, name, storage_root(cfg), loop).fit()
+def fit_student(cfg: DistillConfig, name: str, loop: LoopConfig, label: str | None = None) -> Path:
+    """Run the TorchTrainer; return the directory of its final checkpoint (resumes a same-named run).
+
+    Rank 0's progress is drawn as one bar, `label` (default `train <name>`), on the driver's console.
+    """
+    from raykd.train.progress import TrainProgress
+
+    with TrainProgress(label or f"train {name}", cfg.train.max_steps) as progress:
+        loop = dataclasses.replace(loop, progress=progress.queue)
+        result = make_trainer(cfg, name, storage_root(cfg), loop).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training run {name} reported no checkpoint")
     return Path(result.checkpoint.path)
@@ -118,7 +126,7 @@ def train_in_run(cfg: DistillConfig, prep: Prepared, run_id: str, uri: str, trai
         tokens, weights = teacher_sequences(handle, tokens, weights, cfg.seqkd)
     loop = LoopConfig(cfg, student_ref=student_ref, run_id=run_id, tracking_uri=uri, **put_data(tokens, weights))
     say(f"training student ({student_params:,} params) on {tc.num_workers} worker(s), {tc.max_steps} steps")
-    ckpt = fit_student(cfg, train_name or cfg.run_name, loop)
+    ckpt = fit_student(cfg, train_name or cfg.run_name, loop, label="train student")
     student_dir = export_student(ckpt, prep.tokenizer, Path(cfg.output_dir) / cfg.run_name / "student")
     mlflow.log_artifacts(str(student_dir), "student", run_id=run_id)
     return Trained(handle, student_dir, loop)

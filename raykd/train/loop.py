@@ -8,7 +8,8 @@ a bounded window in flight), takes a student step on the loss of raykd/loss/obje
 `alpha * T^2 * KL + (1 - alpha) * CE`), and every `checkpoint_every` steps reports a checkpoint
 (raykd/train/checkpoint.py). A re-run with the same run name and storage path gets that checkpoint back
 from Ray Train and resumes at the same step, with the same data order. Rank 0 logs metrics to the MLflow
-run given in the loop config, and prints progress with rate and ETA.
+run given in the loop config, and sends its progress (step, loss, tokens/s, teacher wait, ETA) to the driver's
+console through the loop config's queue (raykd/train/progress.py).
 
 What the driver sends is a `LoopConfig` (raykd/train/loop_config.py). Sweeps (raykd/sweep/trial.py) also set
 `val_ref` (every checkpoint report then carries `val_loss`, and `loss_hard`/`loss_soft` of the step) and
@@ -30,6 +31,7 @@ from raykd.console import duration, say
 from raykd.loss.schedules import lr_factor
 from raykd.train.checkpoint import load_checkpoint, save_checkpoint
 from raykd.train.loop_config import LoopConfig
+from raykd.train.progress import describe, post, step_event
 
 
 def global_batch_indices(n: int, batch: int, world: int, rank: int, seed: int, start_step: int) -> Iterator[np.ndarray]:
@@ -53,6 +55,13 @@ def global_batch_indices(n: int, batch: int, world: int, rank: int, seed: int, s
 def lr_lambda(warmup: int, total: int):
     """The student's LR multiplier per step: linear warm-up, then cosine to 10 % over the remaining steps."""
     return lambda step: lr_factor(step, warmup, max(0, step - warmup) / max(1, total - warmup))
+
+
+def _tell(loop: LoopConfig, msg: str) -> None:
+    """A line for the person running the job: through the driver's progress queue, else into the worker's log
+    (sys.__stderr__: Ray Train patches print() and would tee the line twice)."""
+    if not post(loop.progress, {"say": msg}):
+        say(msg, stream=sys.__stderr__)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -98,8 +107,8 @@ def train_loop_per_worker(config: dict) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             start_step = load_checkpoint(Path(d), model, optimizer, scheduler, objective)
-        if rank == 0:  # sys.__stderr__: Ray Train patches print() and would tee the line twice
-            say(f"resuming from step {start_step} ({checkpoint.path})", stream=sys.__stderr__)
+        if rank == 0:
+            _tell(loop, f"resuming from step {start_step} ({checkpoint.path})")
     raw_model = model
     model = ray.train.torch.prepare_model(model)
     device = next(model.parameters()).device
@@ -167,10 +176,8 @@ def train_loop_per_worker(config: dict) -> None:
                 logger.log_per_step({s: {"alpha": a, "temperature": t} for s, a, t in step_values})
                 logger.log(metrics, step + 1)
                 eta = (tc.max_steps - step - 1) * window_time / window_steps
-                say(f"step {step + 1}/{tc.max_steps} loss {metrics['loss']:.4f} "
-                    f"(soft {metrics['loss_soft']:.4f} hard {metrics['loss_hard']:.4f}) "
-                    f"{metrics['student_tokens_per_s']:.0f} tok/s teacher_wait {metrics['teacher_wait_fraction']:.1%} "
-                    f"eta {duration(eta)}", stream=sys.__stderr__)
+                if not post(loop.progress, step_event(step + 1, tc.max_steps, start_step, metrics, eta)):
+                    say(f"step {step + 1}/{tc.max_steps} {describe(metrics)} eta {duration(eta)}", stream=sys.__stderr__)
             window = {}
             window_steps, window_time, window_tokens = 0, 0.0, 0
 

@@ -28,6 +28,7 @@ class LoopConfig:
     weights_ref: Any = None  # ObjectRef of (N, L) float32 per-token sample weights, or None
     val_ref: Any = None  # sweeps: ObjectRef of (M, L) int32 held-out blocks; each checkpoint report has val_loss
     init_checkpoint: str | None = None  # sweeps: start from this directory when Ray Train has no checkpoint
+    progress: Any = None  # ray.util.queue.Queue the driver draws rank 0's progress from (raykd/train/progress.py)
 
     def to_train_loop_config(self) -> dict[str, Any]:
         return {**{f.name: getattr(self, f.name) for f in fields(self)}, "cfg": self.cfg.model_dump()}
