@@ -1,39 +1,25 @@
 """Real Ray + Serve + Train + MLflow: `raykd capture` shards, online == offline, the cache's second epoch.
 
-Slow (a few minutes on 2 cores): `pytest -m slow tests/e2e/test_capture.py`.
+In-process on the session cluster and its teacher (tests/e2e/conftest.py): `pytest -m slow tests/e2e/test_capture.py`.
 """
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
+from .conftest import TEACHER_APP, deploy_teacher
+
 pytestmark = pytest.mark.slow
 
-APP = "raykd-test-signals"
+APP = TEACHER_APP  # the session's teacher: capture and training find it by name and reuse it
 TOP_K = 8
 SEQS = 48
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    import ray
-
-    cache = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("RAYKD_CACHE")
-    os.environ["RAYKD_CACHE"] = str(cache)  # inherited by the cluster's workers
-    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING")  # never a stray cluster
-    yield cache
-    from ray import serve
-
-    serve.shutdown()
-    ray.shutdown()
-    if old is None:
-        os.environ.pop("RAYKD_CACHE", None)
-    else:
-        os.environ["RAYKD_CACHE"] = old
+def cluster(ray_cluster, tiny_teacher):
+    return deploy_teacher(tiny_teacher)
 
 
 def _capture_cfg(teacher, out):

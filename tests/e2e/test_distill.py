@@ -1,52 +1,61 @@
-"""End to end on an embedded Ray: teacher on Serve -> 2 Train workers -> MLflow; kill and resume.
+"""`raykd distill` end to end: teacher on Serve -> 2 Train workers -> MLflow -> evaluation table; what the
+console shows; a worker's error reaching the user; a killed run resuming from its last checkpoint.
 
-Slow (a minute or two each on 2 cores): `pytest -m slow tests/e2e/test_distill.py`.
+    pytest -m slow tests/e2e/test_distill.py
+
+The first two join the session cluster and its teacher (tests/e2e/conftest.py); the resume test owns an
+embedded cluster, killed with its driver like a lost machine.
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-QUICKSTART = ROOT / "jobs" / "configs" / "quickstart.yaml"
+from .conftest import QUICKSTART, TINY_DISTILL, own_cluster_env
+
 pytestmark = pytest.mark.slow
 
-
-def tiny_overrides(teacher: Path, run_name: str, steps: int) -> list[str]:
-    return [
-        f"run_name={run_name}", f"teacher.path={teacher}", "student.num_layers=1", "student.hidden_size=64",
-        "data.builtin_chars=60000", "data.seq_len=64", f"train.max_steps={steps}", "train.batch_size=8",
-        "train.log_every=5", "train.checkpoint_every=5", "train.warmup_steps=2", "eval.max_sequences=8",
-        "eval.gen_tokens=8", "eval.gen_prompts=2", "mlflow.experiment=e2e",
-    ]
+# What Ray prints about its internals when its logs reach the terminal (the console must show none).
+RAY_INTERNALS = ("(RayTrainWorker", "(TrainController", "(ServeReplica", "PlacementGroupCleaner", "TrainingReport(",
+                 "Checkpoint successfully created", "core_worker", "Started a local Ray instance", "Started Serve",
+                 "Token authentication is enabled", "INFO ", "Traceback")
 
 
-def _env(tmp_path):
-    return {**os.environ, "RAYKD_CACHE": str(tmp_path / "cache"), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
-            "PYTHONUNBUFFERED": "1"}
-
-
-def _runs(tmp_path):
+def _runs(tmp_path, experiment="e2e"):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    exp = client.get_experiment_by_name("e2e")
+    exp = client.get_experiment_by_name(experiment)
     return client, client.search_runs([exp.experiment_id])
 
 
-def test_distill_end_to_end(tmp_path, tiny_teacher):
-    proc = subprocess.run(
-        [sys.executable, "-m", "raykd.cli", "distill", "--config", str(QUICKSTART),
-         *tiny_overrides(tiny_teacher, "e2e", 10)],
-        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=900,
-    )
+def assert_readable_console(proc: subprocess.CompletedProcess, max_lines: int = 40) -> list[str]:
+    lines = (proc.stdout + proc.stderr).splitlines()
+    noise = [line for line in lines if any(m in line for m in RAY_INTERNALS)]
+    assert not noise, "\n".join(noise[:20])
+    assert len(lines) <= max_lines, "\n".join(lines)
+    assert all(line.startswith("[raykd") for line in proc.stderr.splitlines()), proc.stderr
+    return lines
+
+
+def test_distill_end_to_end(tmp_path, tiny_teacher, teacher_app, distill_cli):
+    """The quickstart's shape, small: KD student + hard-label baseline, MLflow run tree, exported student, and a
+    console of raykd's own lines (stage lines, one bar per training, the table)."""
+    proc = distill_cli(tmp_path, "run_name=e2e", f"teacher.path={tiny_teacher}", *TINY_DISTILL, "train.max_steps=6",
+                       "train.log_every=3", "train.checkpoint_every=3", "mlflow.experiment=e2e")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "kd student" in proc.stdout and "hard-label student" in proc.stdout and "teacher" in proc.stdout
+    lines = assert_readable_console(proc)
+    bars = [line for line in lines if re.match(r"\[raykd\] train (student|hard-label student) \[#{20}\] 6/6 steps", line)]
+    assert len(bars) == 2, "\n".join(lines)  # each training ends its bar at 6/6 ...
+    assert "tok/s  teacher wait" in bars[0] and "loss " in bars[0]  # ... with the loss, speed and teacher wait
 
     client, runs = _runs(tmp_path)
     by_name = {r.info.run_name: r for r in runs}
@@ -57,7 +66,7 @@ def test_distill_end_to_end(tmp_path, tiny_teacher):
                 "teacher_wait_fraction", "eval_kd_student_heldout_loss", "eval_teacher_heldout_loss",
                 "eval_hard_label_student_heldout_loss", "eval_kd_student_params"):
         assert key in main.data.metrics, key
-    assert len(client.get_metric_history(main.info.run_id, "loss")) == 2  # steps 5 and 10
+    assert [m.step for m in client.get_metric_history(main.info.run_id, "loss")] == [3, 6]
     assert main.data.params["loss.alpha"] == "0.5" and base.data.params["loss.alpha"] == "0.0"
     artifacts = {a.path for a in client.list_artifacts(main.info.run_id)}
     assert {"student", "eval_table.txt", "training_curves.png"} <= artifacts
@@ -73,6 +82,45 @@ def test_distill_end_to_end(tmp_path, tiny_teacher):
     assert out.shape[1] == ids.shape[1] + 5 and model.config.num_hidden_layers == 1
 
 
+# A real failure inside the Train workers: the training blocks hold a token id the student's vocabulary does
+# not have, so the embedding lookup raises on every worker (the driver never touches those blocks).
+FAILING_DISTILL = textwrap.dedent("""
+    import sys
+
+    import numpy as np
+
+    import raykd.train.fit as fit
+
+    real_put_data = fit.put_data
+
+    def put_bad_data(tokens, weights):
+        bad = np.array(tokens)
+        bad[:, 5] = 10**6
+        return real_put_data(bad, weights)
+
+    fit.put_data = put_bad_data
+    from raykd.cli import main
+
+    sys.exit(main(["distill", *sys.argv[1:]]))
+""")
+
+
+def test_an_error_inside_a_worker_reaches_the_console(tmp_path, tiny_teacher, teacher_app, cluster_env):
+    script = tmp_path / "failing_distill.py"
+    script.write_text(FAILING_DISTILL)
+    proc = subprocess.run(
+        [sys.executable, str(script), "--config", str(QUICKSTART), "run_name=fails", f"teacher.path={tiny_teacher}",
+         *TINY_DISTILL, "train.max_steps=4", "eval.baseline=false", "mlflow.experiment=e2e"],
+        cwd=tmp_path, env=cluster_env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode != 0
+    # The worker's own exception and the line of raykd's loop that raised it, not just "training failed".
+    assert "IndexError: index out of range in self" in proc.stderr, proc.stderr[-4000:]
+    assert re.search(r'File ".*raykd/train/loop\.py", line \d+, in train_loop_per_worker', proc.stderr), proc.stderr[-4000:]
+    _, runs = _runs(tmp_path)
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text()
@@ -81,11 +129,15 @@ def _read(path: Path) -> str:
 
 
 def test_killed_run_resumes_from_last_checkpoint(tmp_path, tiny_teacher):
-    cmd = [sys.executable, "-m", "raykd.cli", "distill", "--config", str(QUICKSTART),
-           *tiny_overrides(tiny_teacher, "resume", 400), "eval.baseline=false", "train.checkpoint_every=20"]
+    """The driver and its embedded cluster SIGKILLed after the first registered checkpoint; the same command
+    continues the MLflow run from that checkpoint and trains none of the earlier steps again."""
+    cmd = [sys.executable, "-m", "raykd.cli", "distill", "--config", str(QUICKSTART), "run_name=resume",
+           f"teacher.path={tiny_teacher}", *TINY_DISTILL, "train.max_steps=150", "train.log_every=5",
+           "train.checkpoint_every=10", "eval.baseline=false", "mlflow.experiment=e2e"]
+    env = own_cluster_env(tmp_path)
     ckpt_root = tmp_path / "cache" / "runs" / "resume"
     first_log = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path), stdout=first_log, stderr=subprocess.STDOUT,
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=first_log, stderr=subprocess.STDOUT,
                              start_new_session=True)
     deadline = time.time() + 600
     # Kill once Ray Train has *registered* a checkpoint (its snapshot names it), not when the checkpoint folder
@@ -97,16 +149,19 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path, tiny_teacher):
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     first_log.close()
-    assert "step 400/400" not in (tmp_path / "first.log").read_text()
 
-    second = subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    restart = time.time() * 1000
+    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-4000:]
-    log = second.stderr
-    assert "resuming from step" in log, log[-3000:]
-    resumed_step = int(log.split("resuming from step ")[1].split()[0])
-    assert 20 <= resumed_step < 400
-    assert f"step {resumed_step + 5}/400" in log or f"step {resumed_step + 20}/400" in log
-    assert "step 5/400" not in log  # nothing before the checkpoint was trained again
+    assert "resuming from step" in second.stderr, second.stderr[-3000:]
+    resumed_step = int(second.stderr.split("resuming from step ")[1].split()[0])
+    assert 10 <= resumed_step < 150  # the killed run had not finished
+    assert_readable_console(second)  # an embedded cluster's start says nothing either
+
     client, runs = _runs(tmp_path)
     assert len(runs) == 1  # the killed MLflow run was continued, not duplicated
     assert runs[0].info.status == "FINISHED" and runs[0].data.tags.get("raykd.resumed") == "true"
+    # Training went on from the checkpoint: the resumed run's first logged step is the next log step after it,
+    # nothing before it was trained again, and the history reaches the end.
+    resumed = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss") if m.timestamp >= restart)
+    assert resumed[0] == resumed_step + 5 and resumed[-1] == 150, resumed

@@ -64,18 +64,9 @@ def mlflow_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    from raykd.cluster import shutdown_ray
-    from raykd.cluster import start_ray
-
-    started = start_ray(2)  # init_ray, retried if an overloaded machine misses Ray's 30 s start-up window
-    yield
-    shutdown_ray(started)
-
-
-@pytest.fixture(scope="module")
 def two_pipelines(mlflow_server, ray_cluster, tiny_teacher, tmp_path_factory):
-    """Pipelines 'cmp-a' and 'cmp-b' (general → domain), differing in the domain stage's alpha."""
+    """Pipelines 'cmp-a' and 'cmp-b' (general → domain), differing in the domain stage's alpha, in-process on the
+    session cluster (tests/e2e/conftest.py); their teachers under an app name of their own, deleted afterwards."""
     from raykd.pipeline.run import run_pipeline
     from raykd.config.pipeline import PipelineConfig
 
@@ -86,6 +77,7 @@ def two_pipelines(mlflow_server, ray_cluster, tiny_teacher, tmp_path_factory):
     try:
         for name, alpha in (("cmp-a", 0.8), ("cmp-b", 0.3)):
             tree = tiny_pipeline(tiny_teacher, tmp, name=name, tracking_uri=mlflow_server, general_steps=6, domain_steps=6)
+            tree["defaults"]["teacher"]["app_name"] = "cmp-teacher"
             tree["stages"] = [tree["stages"][0], tree["stages"][2]]
             tree["stages"][1]["loss"]["alpha"] = alpha
             tree["registry"]["model_name"] = "cmp-student"
@@ -93,6 +85,9 @@ def two_pipelines(mlflow_server, ray_cluster, tiny_teacher, tmp_path_factory):
         yield results
     finally:
         env.undo()
+        from ray import serve
+
+        serve.delete("cmp-teacher")
 
 
 def _api(url: str, method: str, path: str, **kwargs):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -47,7 +46,7 @@ def _checkpoint_steps(runs: Path, pattern: str) -> list[int]:
 def test_pipeline_killed_mid_stage_resumes_and_registers(tiny_teacher, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    tree = tiny_pipeline(tiny_teacher, tmp_path, name="e2e", instruction_steps=100)
+    tree = tiny_pipeline(tiny_teacher, tmp_path, name="e2e", instruction_steps=60)
     config = write_yaml(tree, tmp_path / "pipeline.yaml")
     # Its own embedded cluster (no RAY_ADDRESS), cache and MLflow store.
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAYKD_CACHE": str(tmp_path / "cache")}
@@ -59,10 +58,10 @@ def test_pipeline_killed_mid_stage_resumes_and_registers(tiny_teacher, tmp_path)
         while time.monotonic() < deadline and first.poll() is None:
             if any(s >= 8 for s in _checkpoint_steps(runs, "e2e-instruction-*")):
                 break
-            time.sleep(0.5)
+            time.sleep(0.2)
         assert first.poll() is None, "the pipeline ended before it could be interrupted:\n" + (tmp_path / "first.log").read_text()[-3000:]
         killed_at = max(_checkpoint_steps(runs, "e2e-instruction-*"))
-        assert killed_at < 100
+        assert killed_at < 60
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
@@ -71,15 +70,13 @@ def test_pipeline_killed_mid_stage_resumes_and_registers(tiny_teacher, tmp_path)
     mtime = general_student.stat().st_mtime_ns
     time.sleep(5)  # let the killed cluster's processes go
 
+    restart = time.time() * 1000
     second = _launch(config, tmp_path / "second.log", env)
     assert second.wait(timeout=1200) == 0, (tmp_path / "second.log").read_text()[-5000:]
     log = (tmp_path / "second.log").read_text()
     assert "stages[0] (general): completed by an earlier run" in log
     restored = [int(x.split("step ")[1].split("/")[0]) for x in log.splitlines() if "resuming from its Ray Train checkpoint" in x]
-    assert restored and 4 <= restored[0] < 100, log[-3000:]
-    # Training really continued from there: the first step the instruction stage logs is the next log step.
-    steps = [int(m) for m in re.findall(r"\[raykd\] step (\d+)/100", log)]
-    assert steps[0] == restored[0] + 2
+    assert restored and 4 <= restored[0] < 60, log[-3000:]
     assert general_student.stat().st_mtime_ns == mtime  # not retrained
 
     client = MlflowClient(tree["mlflow"]["tracking_uri"])
@@ -95,9 +92,11 @@ def test_pipeline_killed_mid_stage_resumes_and_registers(tiny_teacher, tmp_path)
     assert all(len(v) == 1 and v[0].info.status == "FINISHED" for v in by_stage.values())
     instruction = by_stage["instruction"][0]
     assert instruction.data.tags.get("raykd.resumed") == "true"
-    # The resumed training logged steps after the checkpoint into the same run: its history reaches the end.
-    steps = [m.step for m in client.get_metric_history(instruction.info.run_id, "loss_hard")]
-    assert max(steps) == 100
+    # The resumed training logged steps after the checkpoint into the same run: its first step there is the
+    # next log step after the checkpoint (nothing before it trained again), and its history reaches the end.
+    history = client.get_metric_history(instruction.info.run_id, "loss_hard")
+    resumed = sorted(m.step for m in history if m.timestamp >= restart)
+    assert resumed[0] == restored[0] + 2 and resumed[-1] == max(m.step for m in history) == 60, resumed
     for c in (v[0] for v in by_stage.values()):
         arts = {a.path for a in client.list_artifacts(c.info.run_id, "plots")}
         assert arts == {"plots/loss.png", "plots/schedules.png"}

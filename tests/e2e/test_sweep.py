@@ -1,11 +1,11 @@
-"""Real sweeps: the `raykd sweep` command in a child process (its own embedded Ray cluster), on conftest's tiny
-teacher, with the example configs shrunk: 30 steps, reports every 10. ASHA + PBT, best-config re-run, resume.
+"""Real sweeps: the `raykd sweep` command in a child process joined to the session cluster and its teacher
+(tests/e2e/conftest.py), on conftest's tiny teacher, with the example configs shrunk: 30 steps, reports every 10.
+ASHA + PBT, best-config re-run, resume.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,17 +17,13 @@ import pytest
 from raykd.config import DistillConfig, load_config
 from tests.sweep.examples import ASHA_YAML, PBT_YAML
 
+pytestmark = pytest.mark.slow
 
 # --------------------------------------------------------------------------------------------- real sweeps
-# The real command in a child process (its own embedded Ray cluster), on conftest's tiny teacher, with the
-# example configs shrunk: 30 steps, reports every 10.
+# The real command in a child process, on conftest's tiny teacher, with the example configs shrunk: 30 steps,
+# reports every 10.
 SMALL = ["base.data.builtin_chars=60000", "base.train.max_steps=30", "base.train.checkpoint_every=10",
          "base.train.log_every=10", "base.train.batch_size=4", "base.eval.max_sequences=8"]
-
-
-def _env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "RAYKD_CACHE": str(tmp_path / "cache"), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
-            "PYTHONUNBUFFERED": "1"}
 
 
 def _sweep_cmd(config: Path, tmp_path: Path, teacher: Path, name: str, *extra: str) -> list[str]:
@@ -48,10 +44,9 @@ def _children(runs, parent):
     return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
 
 
-@pytest.mark.slow
-def test_asha_sweep_tracks_trials_and_its_best_config_reproduces(tmp_path, tiny_teacher) -> None:
+def test_asha_sweep_tracks_trials_and_its_best_config_reproduces(tmp_path, tiny_teacher, teacher_app, cluster_env) -> None:
     proc = subprocess.run(_sweep_cmd(ASHA_YAML, tmp_path, tiny_teacher, "asha", "num_samples=4", "asha.grace_period=10"),
-                          cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=1800)
+                          cwd=tmp_path, env=cluster_env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-6000:]
     assert proc.stderr.count("deploying the shared teacher") == 1
 
@@ -77,7 +72,7 @@ def test_asha_sweep_tracks_trials_and_its_best_config_reproduces(tmp_path, tiny_
     best_yaml = out / "best.yaml"
     assert best_trial in best_yaml.read_text().splitlines()[0]
     proc = subprocess.run([sys.executable, "-m", "raykd.cli", "distill", "--config", str(best_yaml)],
-                          cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=1200)
+                          cwd=tmp_path, env=cluster_env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-6000:]
     _, runs = _mlflow(tmp_path)
     rerun = next(r for r in runs if r.info.run_name == "asha-best")
@@ -86,12 +81,11 @@ def test_asha_sweep_tracks_trials_and_its_best_config_reproduces(tmp_path, tiny_
     assert replayed == pytest.approx(best_metric, abs=0.02)
 
 
-@pytest.mark.slow
-def test_pbt_sweep_copies_checkpoints_and_records_the_schedule(tmp_path, tiny_teacher) -> None:
+def test_pbt_sweep_copies_checkpoints_and_records_the_schedule(tmp_path, tiny_teacher, teacher_app, cluster_env) -> None:
     # Synchronous PBT: at step 10 every trial waits for the others, then the worst one (1 of 4) continues
     # from the best one's checkpoint with perturbed T/alpha, and the others from their own (a pause/restore).
     cmd = _sweep_cmd(PBT_YAML, tmp_path, tiny_teacher, "pbt", "pbt.synch=true", "base.train.max_steps=20")
-    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=cluster_env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-6000:]
     histories = []
     for state in (tmp_path / "sweeps" / "pbt").glob("*/checkpoint_*/sweep_state.json"):
@@ -115,12 +109,11 @@ def test_pbt_sweep_copies_checkpoints_and_records_the_schedule(tmp_path, tiny_te
     assert any(c.data.tags.get("raykd.resumed") == "true" for c in children)
 
 
-@pytest.mark.slow
-def test_interrupted_sweep_resumes_where_it_stopped(tmp_path, tiny_teacher) -> None:
+def test_interrupted_sweep_resumes_where_it_stopped(tmp_path, tiny_teacher, teacher_app, cluster_env) -> None:
     cmd = _sweep_cmd(ASHA_YAML, tmp_path, tiny_teacher, "resume", "num_samples=2", "scheduler=fifo",
                      "base.train.max_steps=60")
-    log = tmp_path / "first.log"  # a file, not a pipe: Ray's worker logs would fill a pipe and stall the sweep
-    first = subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    log = tmp_path / "first.log"
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=cluster_env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
     exp_dir = tmp_path / "sweeps" / "resume"
     deadline = time.time() + 1200
     while not list(exp_dir.glob("*/checkpoint_*")) and first.poll() is None and time.time() < deadline:
@@ -132,10 +125,10 @@ def test_interrupted_sweep_resumes_where_it_stopped(tmp_path, tiny_teacher) -> N
     assert first.returncode == 130, err[-4000:]
     assert "--resume" in err.splitlines()[-1]
 
-    again = subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    again = subprocess.run(cmd, cwd=tmp_path, env=cluster_env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "pass --resume" in again.stderr
 
-    resumed = subprocess.run([*cmd, "--resume"], cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True,
+    resumed = subprocess.run([*cmd, "--resume"], cwd=tmp_path, env=cluster_env, capture_output=True, text=True,
                              timeout=1800)
     assert resumed.returncode == 0, resumed.stderr[-6000:]
     assert "resuming sweep resume" in resumed.stderr

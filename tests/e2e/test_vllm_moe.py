@@ -13,7 +13,7 @@ import pytest
 
 from raykd.config import TeacherConfig, TinyMoeConfig, TinyTeacherConfig
 
-from .ray_start import start_ray
+from .conftest import serve_app
 
 pytestmark = pytest.mark.slow
 
@@ -39,9 +39,7 @@ def test_moe_teacher_is_a_qwen2_moe_hf_directory(moe_teacher):
     assert meta["train_loss"] < meta["first_loss"] - 0.5  # it trains
 
 
-def test_moe_teacher_served_and_scored_by_both_backends(moe_teacher):
-    import ray
-    from ray import serve
+def test_moe_teacher_served_and_scored_by_both_backends(ray_cluster, moe_teacher):
     from transformers import AutoTokenizer
 
     from raykd.data.corpus import generate_corpus
@@ -50,8 +48,8 @@ def test_moe_teacher_served_and_scored_by_both_backends(moe_teacher):
     tok = AutoTokenizer.from_pretrained(moe_teacher)
     ids = np.asarray(tok(generate_corpus(20_000, seed=7)).input_ids, np.int32)
     seqs = [ids[i * 64 : (i + 1) * 64] for i in range(8)]
-    start_ray(num_cpus=3)
-    try:
+    # On the session cluster (tests/e2e/conftest.py); both apps are deleted afterwards.
+    with serve_app("moe-hf"), serve_app("moe-vllm"):
         common = dict(path=str(moe_teacher), num_replicas=1, num_cpus=1, dtype="float32")
         hf = launch_teacher(TeacherConfig(backend="hf", app_name="moe-hf", **common), str(moe_teacher), "moe")
         vl = launch_teacher(
@@ -59,9 +57,6 @@ def test_moe_teacher_served_and_scored_by_both_backends(moe_teacher):
                           **common), str(moe_teacher), "moe")
         assert vl.info.remote().result().backend == "vllm"
         ref, got = hf.score.remote(seqs, 20).result(), vl.score.remote(seqs, 20).result()
-    finally:
-        serve.shutdown()
-        ray.shutdown()
     np.testing.assert_array_equal(ref.offsets, got.offsets)
     # float32 both: routing decisions are identical unless two router logits tie within float32 noise.
     top1 = float(np.mean(ref.topk_ids[:, 0] == got.topk_ids[:, 0]))

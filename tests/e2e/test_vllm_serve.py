@@ -1,7 +1,7 @@
 """Two vLLM teacher replicas on Ray Serve: load from two Train-worker-like tasks spreads over both, and a
 replica killed mid-run is replaced while every batch still reaches its worker exactly once, in order.
 
-    pytest -m slow tests/e2e/test_vllm_serve.py      # a few minutes: 3 engine starts on 2 cores
+    pytest -m slow tests/e2e/test_vllm_serve.py      # a few minutes: 3 engine starts on 2 cores (session cluster)
 
 The workers are Ray tasks running the trainer's own client (`SignalPrefetcher`, window 4) against
 `teacher_handle(app_name)`, exactly as `raykd.train.loop` does; the full Ray Train path runs in
@@ -19,7 +19,7 @@ import pytest
 
 from raykd.config import TeacherConfig
 
-from .ray_start import start_ray
+from .conftest import serve_app
 
 pytestmark = pytest.mark.slow
 
@@ -28,22 +28,17 @@ TOP_K = 8
 
 
 @pytest.fixture(scope="module")
-def app(tiny_teacher):
-    import ray
-    from ray import serve
-
+def app(ray_cluster, tiny_teacher):
     from raykd.teacher.service import launch_teacher
 
-    # Logical CPUs: 2 replicas + 2 workers share the 2 physical cores (vLLM threads unpinned: 'nobind').
-    start_ray(num_cpus=4)
+    # On the session cluster (tests/e2e/conftest.py): 2 replicas + 2 workers share the 2 physical cores
+    # (vLLM threads unpinned: 'nobind'). The app is deleted afterwards: idle engines poll.
     cfg = TeacherConfig(
         path=str(tiny_teacher), backend="vllm", num_replicas=2, num_cpus=1, max_ongoing_requests=8, app_name=APP,
         vllm=dict(dtype="float32", kv_cache_memory_bytes=64 << 20, cpu_threads_bind="nobind"),
     )
-    handle = launch_teacher(cfg, str(tiny_teacher), "test-fingerprint")
-    yield handle
-    serve.shutdown()
-    ray.shutdown()
+    with serve_app(APP):
+        yield launch_teacher(cfg, str(tiny_teacher), "test-fingerprint")
 
 
 @pytest.fixture(scope="module")
