@@ -104,6 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"raykd: error: {e}", file=sys.stderr)
         return 2
+    except Exception:  # the whole traceback (a worker's is inside Ray's error), then where Ray's logs are
+        import traceback
+
+        from raykd.cluster import ray_log_dir
+
+        traceback.print_exc()
+        if ray_log_dir():
+            print(f"raykd: Ray's logs of this run (workers, teacher replicas): {ray_log_dir()}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -51,6 +51,24 @@ def quiet_ray_loggers() -> None:
         logging.getLogger(name).setLevel(level)
 
 
+_log_dir: str | None = None  # Ray's log directory of this process's session, once connected
+
+
+def ray_log_dir() -> str | None:
+    """Where Ray keeps the logs of this run's workers and replicas (None before Ray was started here)."""
+    return _log_dir
+
+
+def _remember_log_dir() -> None:
+    global _log_dir
+    try:
+        import ray
+
+        _log_dir = ray._private.worker._global_node.get_logs_dir_path()
+    except Exception:  # noqa: BLE001 - private API: the hint is a convenience, never worth a failure
+        _log_dir = None
+
+
 def init_ray(logical_cpus_needed: float) -> bool:
     """Connect to or start Ray. Returns True when this call started (and so should stop) the cluster."""
     import ray
@@ -58,6 +76,7 @@ def init_ray(logical_cpus_needed: float) -> bool:
     os.environ.update({k: os.environ.get(k, v) for k, v in QUIET_ENV.items()})
     quiet_ray_loggers()
     if ray.is_initialized():
+        _remember_log_dir()
         return False
     verbose = is_verbose()
     env = {"env_vars": QUIET_ENV}
@@ -67,6 +86,7 @@ def init_ray(logical_cpus_needed: float) -> bool:
         # (e.g. TOKENIZERS_PARALLELISM in --runtime-env-json): the job's value wins.
         env = {"env_vars": {k: v for k, v in QUIET_ENV.items() if k not in _job_env_vars()}}
         ray.init(address=address, runtime_env=env, logging_level=logging.WARNING, log_to_driver=verbose)
+        _remember_log_dir()
         return False
     cpus = max(os.cpu_count() or 1, int(logical_cpus_needed + 0.999))
     ray.init(
@@ -77,6 +97,7 @@ def init_ray(logical_cpus_needed: float) -> bool:
         configure_logging=True,
         log_to_driver=verbose,
     )
+    _remember_log_dir()
     return True
 
 

@@ -3,8 +3,10 @@
 Starting Ray, deploying a teacher and building one are what end-to-end tests spend their time on (on a
 2-core machine: ~20 s, ~20 s and ~10 s each). So, for every test of tests/e2e/ that needs them:
 
-* `ray_cluster` -- an embedded Ray started once in the pytest process (32 logical CPUs on the 2 cores;
-  no dashboard; Ray's worker output stays in its log directory). In-process tests call raykd's functions
+* `ray_cluster` -- an embedded Ray started once in the pytest process (no dashboard; Ray's worker output
+  stays in its log directory). 32 logical CPUs on the 2 cores: logical CPUs cost nothing (no workers are
+  prestarted), and a sweep's stopped trials can leave placement groups behind for a while (Ray Train's
+  cleaner finds its cluster by address lookup, which fails where several clusters share a machine). In-process tests call raykd's functions
   directly (`run_distill`, `run_capture`, `run_pipeline`, `launch_teacher`): raykd's `init_ray` finds Ray
   initialised and neither starts nor stops it. Yields the cluster's address.
 * `cluster_env` -- the environment for a child process (`python -m raykd.cli ...`) that joins that cluster

@@ -113,10 +113,11 @@ def test_an_error_inside_a_worker_reaches_the_console(tmp_path, tiny_teacher, te
          *TINY_DISTILL, "train.max_steps=4", "eval.baseline=false", "mlflow.experiment=e2e"],
         cwd=tmp_path, env=cluster_env, capture_output=True, text=True, timeout=600,
     )
-    assert proc.returncode != 0
+    assert proc.returncode == 1
     # The worker's own exception and the line of raykd's loop that raised it, not just "training failed".
     assert "IndexError: index out of range in self" in proc.stderr, proc.stderr[-4000:]
     assert re.search(r'File ".*raykd/train/loop\.py", line \d+, in train_loop_per_worker', proc.stderr), proc.stderr[-4000:]
+    assert "raykd: Ray's logs of this run (workers, teacher replicas): " in proc.stderr.splitlines()[-1]
     _, runs = _runs(tmp_path)
     assert [r.info.status for r in runs] == ["FAILED"]
 
