@@ -20,9 +20,10 @@ from tests.sweep.examples import ASHA_YAML, PBT_YAML
 pytestmark = pytest.mark.slow
 
 # --------------------------------------------------------------------------------------------- real sweeps
-# The real command in a child process, on conftest's tiny teacher, with the example configs shrunk: 30 steps,
-# reports every 10.
-SMALL = ["base.data.builtin_chars=60000", "base.train.max_steps=30", "base.train.checkpoint_every=10",
+# The real command in a child process, on the session teacher (conftest's tiny one, app raykd-teacher), with
+# the example configs shrunk: 30 steps, reports every 10.
+SMALL = ["base.teacher.app_name=raykd-teacher", "base.data.builtin_chars=60000", "base.train.max_steps=30",
+         "base.train.checkpoint_every=10",
          "base.train.log_every=10", "base.train.batch_size=4", "base.eval.max_sequences=8"]
 
 
