@@ -3,15 +3,16 @@
     raykd capture --config jobs/configs/capture.yaml [key=value ...]
     ray job submit --working-dir . -- python jobs/capture.py --config jobs/configs/capture.yaml
 
-The token blocks are made exactly as `raykd distill` makes them (same `teacher` and `data` sections, same
-split), so training finds every captured sequence by its hash: as cache hits when the shards go to the
-signal cache (the default `output_dir`), or with `signals.offline_path: <output_dir>` and no teacher
-queries at all. Pipeline: blocks `(N, L)` → drop those already captured (a re-run resumes) →
-`ray.data.from_numpy` → `map_batches(ScoreShard)`: an actor pool of `concurrency` actors, each taking
-`sequences_per_shard` sequences, sending them to the Teacher deployment's `score_packed` in requests of
-`request_sequences` (all in flight at once), and writing the packed replies as one shard
-(raykd/signals/store.py `write_shard`: atomic, page checksums) → the driver prints progress with rate and
-ETA from the actors' one-row summaries.
+The token blocks are made exactly as `raykd distill` makes them (same `teacher` and `data` sections, the
+same Ray Data ingest, raykd/data/ingest.py, and split), so training finds every captured sequence by its
+hash: as cache hits when the shards go to the signal cache (the default `output_dir`), or with
+`signals.offline_path: <output_dir>` and no teacher queries at all. Pipeline, all in Ray Data: the packed
+blocks of the split (`BlockData.blocks`) → drop those already captured (a re-run resumes; the captured
+hashes go to the tasks through the object store) → `map_batches(ScoreShard)`: an actor pool of
+`concurrency` actors, each taking `sequences_per_shard` sequences, sending them to the Teacher deployment's
+`score_packed` in requests of `request_sequences` (all in flight at once), and writing the packed replies as
+one shard (raykd/signals/store.py `write_shard`: atomic, page checksums) → the driver prints progress with
+rate and ETA from the actors' one-row summaries. The driver never holds the token blocks.
 
 It lives here, with the command, rather than in raykd/signals/: it runs the teacher deployment
 (raykd/teacher/), which itself packs signals, so signals/ stays below teacher/.
@@ -65,13 +66,23 @@ class ScoreShard:
         }
 
 
-def blocks_to_capture(cfg: CaptureConfig):
-    """Prepared data (as raykd distill prepares it) and the blocks of the chosen split."""
+def capture_prepare(cfg: CaptureConfig):
+    """The distill preparation of this capture's teacher and data (checks before any cluster starts)."""
     from raykd.train.prepare import prepare
 
-    prep = prepare(DistillConfig(teacher=cfg.teacher, data=cfg.data, loss=LossConfig(top_k=cfg.top_k)))
-    blocks = {"train": prep.train, "val": prep.val, "all": np.concatenate([prep.train, prep.val])}[cfg.split]
-    return prep, blocks
+    return prepare(DistillConfig(teacher=cfg.teacher, data=cfg.data, loss=LossConfig(top_k=cfg.top_k)))
+
+
+def split_range(data, split: str) -> tuple[int, int]:
+    """Block range [lo, hi) of the split, as `raykd distill` splits (train, held out, or all)."""
+    return {"train": (0, data.n_train), "val": (data.val_start, data.n_blocks), "all": (0, data.n_blocks)}[split]
+
+
+def _not_captured(batch: dict, captured) -> dict:
+    from raykd.signals.format import sequence_hash
+
+    keep = np.array([sequence_hash(s) not in captured for s in batch["ids"]], bool)
+    return {"data": np.asarray(batch["ids"])[keep]}
 
 
 def output_directory(cfg: CaptureConfig, fingerprint: str) -> Path:
@@ -86,47 +97,50 @@ def run_capture(cfg: CaptureConfig) -> dict[str, Any]:
     import ray
 
     from raykd.cluster import init_ray, shutdown_ray
-    from raykd.signals.format import sequence_hash
+    from raykd.data.ingest import ingest
     from raykd.signals.store import SignalStore
     from raykd.teacher.service import launch_teacher
 
-    prep, blocks = blocks_to_capture(cfg)
+    prep = capture_prepare(cfg)
     out = output_directory(cfg, prep.fingerprint)
     vocab = len(prep.tokenizer)
-    todo = blocks
+    captured: set[bytes] = set()
     if not cfg.overwrite:
         store = SignalStore(out, fingerprint=prep.fingerprint, top_k=cfg.top_k)  # reports foreign/corrupt shards
-        todo = blocks[[sequence_hash(s) not in store.index for s in blocks]] if len(store) else blocks
-    say(f"teacher {prep.teacher_path} ({prep.fingerprint}); {len(blocks)} {cfg.split} sequences of {cfg.data.seq_len} "
-        f"tokens, {len(blocks) - len(todo)} already captured; top_k={cfg.top_k}; shards -> {out}")
-    summary: dict[str, Any] = {"output_dir": str(out), "fingerprint": prep.fingerprint, "sequences": len(blocks),
-                               "skipped": len(blocks) - len(todo), "shards": 0, "positions": 0, "file_bytes": 0}
-    if len(todo) == 0:
-        return summary
-
+        captured = set(store.index)
     tc = cfg.teacher
     started = False
+    summary: dict[str, Any] = {"output_dir": str(out), "fingerprint": prep.fingerprint, "shards": 0, "positions": 0,
+                               "file_bytes": 0}
     try:
         started = init_ray(tc.num_replicas * tc.num_cpus + cfg.concurrency * cfg.num_cpus_per_actor + 1)
+        data = ingest(cfg.data, prep.teacher_path, prep.chat_template, prep.chunks)
+        lo, hi = split_range(data, cfg.split)
+        ctx = ray.data.DataContext.get_current()
+        # Drop what is captured already, then one Ray Data batch per shard (actors write the shards themselves).
+        todo = data.blocks(lo, hi).map_batches(_not_captured, batch_format="numpy",
+                                               fn_kwargs=dict(captured=captured)).materialize()
+        n_todo = todo.count()
+        summary.update(sequences=hi - lo, skipped=hi - lo - n_todo)
+        say(f"teacher {prep.teacher_path} ({prep.fingerprint}); {hi - lo} {cfg.split} sequences of "
+            f"{cfg.data.seq_len} tokens, {hi - lo - n_todo} already captured; top_k={cfg.top_k}; shards -> {out}")
+        if n_todo == 0:
+            return summary
         handle = launch_teacher(tc, prep.teacher_path, prep.fingerprint)
         info = handle.info.remote().result()
         if cfg.top_k > info.max_top_k:
             raise ConfigError(f"top_k={cfg.top_k} exceeds the teacher's max_top_k={info.max_top_k}")
         if vocab > info.vocab_size:  # token ids the teacher cannot score
             raise ConfigError(f"tokenizer has {vocab} tokens, the teacher's vocab_size is {info.vocab_size}")
-        ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # our own line below carries rate and ETA
-        # One block per shard, so the actor pool gets work in parallel from the start.
-        blocks_in = [np.ascontiguousarray(todo[i : i + cfg.sequences_per_shard])
-                     for i in range(0, len(todo), cfg.sequences_per_shard)]
-        ds = ray.data.from_numpy(blocks_in).map_batches(
+        ds = todo.map_batches(
             ScoreShard,
             fn_constructor_kwargs=dict(app_name=tc.app_name, top_k=cfg.top_k, out_dir=str(out),
                                        request_sequences=cfg.request_sequences),
             batch_size=cfg.sequences_per_shard, batch_format="numpy", concurrency=cfg.concurrency,
             num_cpus=cfg.num_cpus_per_actor,
         )
-        progress = Progress(len(todo), every_s=0)  # a line per shard: shards take seconds each
+        progress = Progress(n_todo, every_s=0)  # a line per shard: shards take seconds each
         done = 0
         for row in ds.iter_rows():
             done += int(row["sequences"])
@@ -134,7 +148,7 @@ def run_capture(cfg: CaptureConfig) -> dict[str, Any]:
             summary["positions"] += int(row["positions"])
             summary["file_bytes"] += int(row["file_bytes"])
             tokens_per_s = summary["positions"] / max(progress.elapsed(), 1e-9)
-            say(f"{done}/{len(todo)} sequences ({done / len(todo):.0%}), {tokens_per_s:,.0f} teacher tokens/s, "
+            say(f"{done}/{n_todo} sequences ({done / n_todo:.0%}), {tokens_per_s:,.0f} teacher tokens/s, "
                 f"{summary['file_bytes'] / summary['positions']:.1f} bytes/token on disk, "
                 f"eta {duration(progress.eta(done))}")
         summary["seconds"] = progress.elapsed()

@@ -4,10 +4,12 @@
     ray job submit --working-dir . -- python jobs/distill.py --config jobs/configs/quickstart.yaml
 
 Order matters for the user: everything that can be checked without a cluster or a model load (config,
-data files, teacher path, vocabularies, lengths) is checked first (raykd/train/prepare.py); then the MLflow
-run starts, Ray starts, the teacher is deployed, the student trains (raykd/train/fit.py; and, for
-comparison, a hard-label-only student with the same budget and seed), and the evaluation table
-(raykd/eval/table.py) is printed and logged.
+data files and records, teacher path, vocabularies, chat template, lengths) is checked first
+(raykd/train/prepare.py); then the MLflow run starts, Ray starts, Ray Data reads, tokenizes and packs the
+data into the object store (raykd/data/ingest.py), the teacher is deployed, the student trains
+(raykd/train/fit.py; and, for comparison, a hard-label-only student with the same budget, seed and data),
+and the evaluation table (raykd/eval/table.py) on the held-out blocks — for chat data on their assistant
+tokens — is printed and logged.
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
     from raykd.cluster import init_ray, shutdown_ray
     from raykd.plots import plot_histories
     from raykd.tracking import resolve_tracking_uri, tracked_run
-    from raykd.train.fit import export_student, fit_student, put_data, train_in_run
+    from raykd.data.sources import mb
+    from raykd.train.fit import export_student, fit_student, train_in_run
 
     prep = prepare(cfg)
-    say(f"teacher {prep.teacher_path}; {len(prep.train)} train / {len(prep.val)} held-out sequences of {cfg.data.seq_len}")
+    size = sum(c.nbytes for c in prep.chunks)
+    say(f"teacher {prep.teacher_path}; data {cfg.data.source} ({cfg.data.format}, {mb(size)} in "
+        f"{len(prep.chunks)} chunk(s))")
     uri = resolve_tracking_uri(cfg.mlflow)
     tc = cfg.train
     started = False
@@ -54,10 +59,8 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
                 with tracked_run(uri, cfg.mlflow.experiment, f"{cfg.run_name}-hard-only", flatten(base_cfg),
                                  {"raykd.job": "distill-baseline"}, parent_run_id=run_id) as base_id:
                     say("training the hard-label-only student (same budget, seed and initialisation)")
-                    data = put_data(prep.train, prep.train_weights) if cfg.seqkd.enabled else {}
-                    base_loop = dataclasses.replace(trained.loop, cfg=base_cfg, run_id=base_id, alpha_only_hard=True,
-                                                    **data)
-                    base_ckpt = fit_student(base_cfg, f"{cfg.run_name}-hard-only", base_loop,
+                    base_loop = dataclasses.replace(trained.loop, cfg=base_cfg, run_id=base_id, alpha_only_hard=True)
+                    base_ckpt = fit_student(base_cfg, f"{cfg.run_name}-hard-only", base_loop, trained.source_data,
                                             label="train hard-label student")
                     dirs["hard-label student"] = export_student(base_ckpt, prep.tokenizer, out_root / "student-hard-only")
 
@@ -68,7 +71,9 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
                 mlflow.log_artifact(str(png), run_id=run_id)
 
             say("evaluating on held-out text")
-            table, rows = evaluate_all(cfg, prep, trained.handle, dirs)
+            val = trained.source_data.take(trained.source_data.val_start,
+                                           trained.source_data.val_start + cfg.eval.max_sequences)
+            table, rows = evaluate_all(cfg, prep, trained.handle, dirs, val)
             print(table, flush=True)
             metrics = {}
             for row in rows:
@@ -80,23 +85,24 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
             shutdown_ray(started)
 
 
-def evaluate_all(cfg: DistillConfig, prep: Prepared, handle, student_dirs: dict[str, Path]):
-    """The teacher through its deployment, every student in-process, on the same held-out sequences."""
+def evaluate_all(cfg: DistillConfig, prep: Prepared, handle, student_dirs: dict[str, Path], val):
+    """The teacher through its deployment, every student in-process, on the same held-out blocks `val`
+    (TokenBlocks): the positions the data's loss mask trains (chat: assistant tokens) are scored."""
     from raykd.eval.table import format_table, teacher_row
     from raykd.models import safetensors_param_count
 
-    val = prep.val[: cfg.eval.max_sequences]
-    signals = handle.score.remote(list(val), 1).result()
-    prompts = [row[:16] for row in prep.val[: cfg.eval.gen_prompts]]
+    signals = handle.score.remote(list(val.ids), 1).result()
+    rows_mask = val.mask[:, 1:].reshape(-1) > 0  # the signal rows predict tokens 1..L-1
+    prompts = [row[:16] for row in val.ids[: cfg.eval.gen_prompts]]
     gen = handle.generate.remote(prompts, cfg.eval.gen_tokens).result()
-    rows = [teacher_row(signals, safetensors_param_count(prep.teacher_path), gen.tokens_per_second)]
+    rows = [teacher_row(signals, safetensors_param_count(prep.teacher_path), gen.tokens_per_second, rows=rows_mask)]
     top1 = np.asarray(signals.topk_ids[:, 0])
     for name, d in student_dirs.items():
         rows.append(student_row(name, str(d), val, top1, prompts, cfg.eval.gen_tokens))
     return format_table(rows), rows
 
 
-def student_row(name: str, model_dir: str, val: np.ndarray, teacher_top1: np.ndarray, prompts: list[np.ndarray],
+def student_row(name: str, model_dir: str, val, teacher_top1: np.ndarray, prompts: list[np.ndarray],
                 gen_tokens: int):
     """Held-out loss, agreement with the teacher's top-1 (rows as in TeacherSignals) and generation speed,
     measured with the code the hf teacher backend runs."""
@@ -106,6 +112,6 @@ def student_row(name: str, model_dir: str, val: np.ndarray, teacher_top1: np.nda
     from raykd.teacher.hf_backend import HFTeacherBackend
 
     backend = HFTeacherBackend(model_dir, device="cpu")
-    loss, agree = heldout_loss(backend.model, val, teacher_top1)
+    loss, agree = heldout_loss(backend.model, val.ids, teacher_top1, mask=val.mask)
     gen = backend.generate(prompts, gen_tokens)
     return EvalRow(name, count_parameters(backend.model), loss, math.exp(loss), agree, gen.tokens_per_second)

@@ -49,7 +49,7 @@ def test_empty_dataset(tmp_path, tiny_teacher):
     short = tmp_path / "short.txt"
     short.write_text("tiny")
     proc = _run(tmp_path, f"teacher.path={tiny_teacher}", f"data.source={short}")
-    _assert_clean_failure(proc, tmp_path, "yields no sequence of 128 tokens")
+    _assert_clean_failure(proc, tmp_path, "only 1 sequence(s) of 128 tokens; need at least 2")
 
 
 def test_teacher_student_vocab_mismatch(tmp_path, tiny_teacher, other_vocab_teacher):

@@ -47,26 +47,60 @@ class StudentConfig(StrictModel):
 
 
 class DataConfig(StrictModel):
-    """Text to distil on. `builtin` is generated in-process (no files needed)."""
+    """Data to distil on, read, tokenized and packed by Ray Data (raykd/data/ingest.py; docs/data.md)."""
 
-    source: str = Field("builtin", description="'builtin', a .txt file, or a .jsonl file.")
-    text_fields: list[str] = Field(
-        default_factory=lambda: ["text"], description="jsonl fields joined (blank line) into one document."
+    source: str = Field(
+        "builtin", description="'builtin' (generated text, no files), a .txt, .jsonl or .parquet file, a directory "
+        "or glob of such files, or a directory written by `datasets` save_to_disk.",
     )
+    format: Literal["text", "chat", "prompt_completion"] = Field(
+        "text", description="text: documents, every token trained; chat: conversations rendered with the chat "
+        "template, loss on assistant tokens only; prompt_completion: prompt + completion, loss on the completion.",
+    )
+    text_fields: list[str] = Field(
+        default_factory=lambda: ["text"], description="format text: record fields joined (blank line) into one document."
+    )
+    messages_field: str = Field("messages", description="format chat: the field holding [{role, content}, ...].")
+    chat_fields: dict[str, str] | None = Field(
+        None, description="format chat: build each conversation from plain fields instead, in this order, "
+        "role -> field (e.g. {user: question, assistant: answer} for GSM8K).",
+    )
+    prompt_field: str = Field("prompt", description="format prompt_completion: the prompt field (no loss).")
+    completion_field: str = Field("completion", description="format prompt_completion: the completion field (trained).")
+    chat_template: str | None = Field(
+        None, description="format chat: a Jinja chat template (or the path of a .jinja file) used instead of the "
+        "tokenizer's; needed when the tokenizer has none.",
+    )
+    split: str = Field("train", description="Split to read when source is a save_to_disk DatasetDict directory.")
     builtin_chars: int = Field(400_000, ge=1000, description="Characters of builtin text to generate.")
     builtin_seed: int = Field(1, description="Seed of the builtin text (the teacher is built on seed 0).")
-    seq_len: int = Field(128, ge=8, description="Tokens per training sequence.")
-    val_fraction: float = Field(0.1, gt=0, lt=1, description="Held-out fraction (the tail of the token stream).")
-    max_sequences: int | None = Field(None, ge=1, description="Cap on training sequences.")
+    seq_len: int = Field(128, ge=8, description="Tokens per packed training block.")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="Held-out fraction (the last blocks of the packed stream).")
+    max_sequences: int | None = Field(None, ge=1, description="Cap on training blocks.")
     weight_field: str | None = Field(
-        None, description="jsonl field with a per-sample loss weight (e.g. a feedback score, finite and >= 0): "
+        None, description="Record field with a per-sample loss weight (e.g. a feedback score, finite and >= 0): "
         "every token of the record carries it and its loss terms are multiplied by it; null: all 1.",
+    )
+    chunk_mb: float = Field(
+        4.0, gt=0, description="Source megabytes per Ray Data task (read + tokenize + pack); blocks never span "
+        "two chunks, so changing it changes the blocks (and their order).",
+    )
+    validate_mb: float = Field(
+        1024.0, ge=0, description="Source megabytes checked record by record in the driver before the cluster "
+        "starts; records past it are checked by the Ray Data tasks, with the same one-line error.",
     )
 
     @model_validator(mode="after")
-    def _weights_need_jsonl(self) -> "DataConfig":
-        if self.weight_field is not None and not self.source.endswith(".jsonl"):
-            raise ValueError(f"weight_field needs a .jsonl source (records with a '{self.weight_field}' field)")
+    def _format_needs_records(self) -> "DataConfig":
+        plain = self.source == "builtin" or self.source.endswith(".txt")
+        if self.weight_field is not None and plain:
+            raise ValueError(f"weight_field needs a source of records (.jsonl, .parquet, save_to_disk), not "
+                             f"{self.source!r}")
+        if self.format != "text" and plain:
+            raise ValueError(f"format {self.format} needs a source of records (.jsonl, .parquet, save_to_disk), "
+                             f"not {self.source!r}")
+        if self.chat_fields is not None and not self.chat_fields:
+            raise ValueError("chat_fields must map at least one role to a field")
         return self
 
 

@@ -53,6 +53,24 @@ class TinyTeacherConfig(StrictModel):
     moe: TinyMoeConfig | None = Field(
         None, description="null: dense Llama MLPs; set: a Qwen2-MoE teacher (routed + shared experts, same attention)."
     )
+    chat_template: bool = Field(
+        False, description="Give the tokenizer raykd's chat template (plain-text role tags, EOS ends each assistant "
+        "turn: raykd/data/chat.py), so data.format: chat works with this teacher.",
+    )
+    chat_data: str | None = Field(
+        None, description="A .jsonl of conversations (a `messages` list, or the fields of chat_fields) rendered with "
+        "that template and mixed into the pre-training text, so the teacher knows the format (needs chat_template).",
+    )
+    chat_fields: dict[str, str] | None = Field(
+        None, description="chat_data records as plain fields, role -> field in order (e.g. {user: question, "
+        "assistant: answer}); null: a `messages` field.",
+    )
+
+    @model_validator(mode="after")
+    def _chat(self) -> "TinyTeacherConfig":
+        if self.chat_data is not None and not self.chat_template:
+            raise ValueError("chat_data needs chat_template: true (the conversations are rendered with it)")
+        return self
 
     @model_validator(mode="after")
     def _head_dim(self) -> "TinyTeacherConfig":

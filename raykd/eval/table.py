@@ -33,8 +33,11 @@ class EvalRow:
         return {f"{prefix}_{k}": float(v) for k, v in asdict(self).items() if k != "model"}
 
 
-def teacher_row(signals: TeacherSignals, params: int, gen_tokens_per_s: float, name: str = "teacher") -> EvalRow:
-    loss = float(-np.mean(signals.target_logprob.astype(np.float64)))
+def teacher_row(signals: TeacherSignals, params: int, gen_tokens_per_s: float, name: str = "teacher",
+                rows: np.ndarray | None = None) -> EvalRow:
+    """`rows` (N,) bool: the positions that count (the data's loss mask, e.g. assistant tokens); None: all."""
+    target = signals.target_logprob.astype(np.float64)
+    loss = float(-np.mean(target[rows] if rows is not None else target))
     return EvalRow(name, params, loss, math.exp(loss), 1.0, gen_tokens_per_s)
 
 

@@ -3,7 +3,7 @@
     objective = Objective(cfg, student_config, use_teacher=True, world=2)      # in each Train worker
     extras = objective.teacher_extras()           # what the teacher must return besides top-k (or None)
     out = model(input_ids=ids, **objective.model_kwargs())
-    loss, metrics = objective.compute_loss(step, out, ids, signals, token_weights)   # ids (B, L)
+    loss, metrics = objective.compute_loss(step, out, ids, signals, token_weights, token_mask)   # ids (B, L)
     loss.backward(); optimizer.step(); objective.step()                               # + learnable extras
     objective.pop_step_values()      # (step, alpha, mean T) of the steps so far, for MLflow (raykd/train/)
 
@@ -13,8 +13,10 @@
 The first two terms are the row-level loss (raykd/loss/row_loss.py: D is `loss.divergence`, alpha_s and T
 follow their schedules or T is per token); the feature terms are raykd/loss/features.py and the adversarial
 term raykd/loss/adversarial.py. Rows are the positions 0..L-2 of each sequence (raykd/signals/types.py);
-every term is reduced with the padding/prompt mask and the per-sample data weights (`data.weight_field`,
-weight of the record the label token comes from).
+every term is reduced with the data's loss mask (`token_mask`, raykd/data/records.py: 1 where the label token
+is trained — assistant / completion tokens, never padding, prompts or a record's first token; sequence-level
+KD's prompts are masked there too) and the per-sample data weights (`data.weight_field`, weight of the record
+the label token comes from). Row j uses the mask and weight of token j + 1.
 
 The learnable parts (projections W, discriminator D) live here, with their own optimizers, because the
 student's optimizer and checkpoint are plain HF: their gradients are averaged over the DDP workers by
@@ -79,7 +81,6 @@ class Objective:
         self.hidden_pairs = list(lc.hidden.layer_map.items()) if "hidden_states" in self.extras else []
         self.attention_pairs = list(lc.attention.layer_map.items()) if "attentions" in self.extras else []
         self.adv_on = use_teacher and lc.adversarial.weight > 0
-        self.prompt_rows = cfg.seqkd.prompt_tokens - 1 if cfg.seqkd.enabled and not cfg.seqkd.loss_on_prompt else 0
         self.student_hidden = int(student_config.hidden_size)
         self.projector = None  # HiddenProjector, built on the first batch
         self.projector_opt = None
@@ -152,15 +153,15 @@ class Objective:
         ids: torch.Tensor,  # (B, L) input token ids
         signals: Any = None,  # TeacherSignals of the batch (rows as raykd/signals/types.py) or None
         token_weights: np.ndarray | torch.Tensor | None = None,  # (B, L) per-token sample weights
+        token_mask: np.ndarray | torch.Tensor | None = None,  # (B, L) 1 = token trained (None: all)
     ) -> tuple[torch.Tensor, dict[str, float]]:
         logits = out.logits
         flat = _rows(logits)  # (N, V)
         labels = ids[:, 1:].reshape(-1)
-        b, width = ids.shape
         device = logits.device
         mask = None
-        if self.prompt_rows:
-            mask = (torch.arange(width - 1, device=device) >= self.prompt_rows).float().expand(b, -1).reshape(-1)
+        if token_mask is not None:
+            mask = torch.as_tensor(np.asarray(token_mask), device=device)[:, 1:].reshape(-1).float()
         weights = None
         if token_weights is not None:
             weights = torch.as_tensor(np.asarray(token_weights), dtype=torch.float32, device=device)[:, 1:].reshape(-1)

@@ -1,6 +1,6 @@
 """Per-stage evaluation of a pipeline: general vs domain held-out loss, agreement, exact match, speed.
 
-    sets = build_eval_sets(cfg.eval, tokenizer, texts, trained_on={"general", "math_train"}, records=em_records)
+    sets = build_eval_sets(cfg.eval, tokenizer, data_configs, trained_on={"general", "math_train"}, records=em_records)
     teacher = evaluate_teacher(handle, sets, "teacher (domain)", stage="domain", params=n, tokenizer=tok)
     student = evaluate_student(student_dir, sets, teacher_top1=teacher_top1, ..., stage="domain")
     print(progress_table([init, *students, *teachers]))
@@ -9,8 +9,9 @@
 Metrics of one model (`ModelEval`):
 * held-out loss / perplexity on the *general* set (forgetting shows as a rise across stages) and on the
   *domain* set (domain gain shows as a fall). A data set some stage trains on is scored on its held-out
-  tail only (the same `val_fraction` split the stages hold out); a set no stage trains on (a test file)
-  is scored from its start.
+  tail only: the blocks are packed here exactly as the Ray Data ingest packs them (raykd/data/blocks.py
+  `pack_in_process`, at `eval.seq_len`), and the same `val_fraction` split the stages hold out is taken; a
+  set no stage trains on (a test file) is scored from its start.
 * top-1 agreement with the stage's teacher on both sets (positions where argmax equals the teacher's).
 * exact match on problems whose answers end in GSM8K's `#### <number>`: greedy answer to the question,
   number after the first `####` compared numerically. Tiny models score near zero; that is reported as is.
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from raykd.config.pipeline import PipelineEvalConfig
-from raykd.data.blocks import split_blocks, tokenize_blocks
+from raykd.data.blocks import held_out_count
 from raykd.eval.heldout import heldout_loss
 
 _ANSWER_RE = re.compile(r"####\s*\$?\s*(-?[\d,]*\.?\d+)")
@@ -100,24 +101,32 @@ class ModelEval:
         return ModelEval(**d)
 
 
-def _blocks(texts: list[str], tokenizer, seq_len: int, val_fraction: float | None) -> np.ndarray:
-    blocks = tokenize_blocks(texts, tokenizer, seq_len)
+def _blocks(data, tokenizer, seq_len: int, val_fraction: float | None, field: str) -> np.ndarray:
+    """The data set packed as training packs it (at seq_len); with val_fraction its held-out tail only."""
+    from raykd.data.blocks import pack_in_process
+    from raykd.data.ingest import pad_id
+    from raykd.data.records import RecordEncoder, load_chat_template
+    from raykd.data.sources import plan_chunks
+
+    dc = data.model_copy(update={"seq_len": seq_len})
+    encoder = RecordEncoder(tokenizer, dc, load_chat_template(dc, tokenizer))
+    blocks = pack_in_process(dc, encoder, pad_id(tokenizer), plan_chunks(dc, field, validate=False))[0].ids
     if val_fraction is None or len(blocks) < 2:
         return blocks
-    return split_blocks(blocks, val_fraction)[1]
+    return blocks[len(blocks) - held_out_count(len(blocks), val_fraction, seq_len, field):]
 
 
 def build_eval_sets(
     cfg: PipelineEvalConfig,
     tokenizer,
-    texts: dict[str, list[str]],  # data set name -> documents
+    data: dict,  # data set name -> its DataConfig
     val_fractions: dict[str, float],  # data set name -> its val_fraction
     trained_on: set[str],  # data sets some stage (or teacher adaptation) trains on
     em_records: list[dict] | None,
 ) -> EvalSets:
     def held_out(name: str) -> np.ndarray:
         frac = val_fractions[name] if name in trained_on else None
-        return _blocks(texts[name], tokenizer, cfg.seq_len, frac)[: cfg.max_sequences]
+        return _blocks(data[name], tokenizer, cfg.seq_len, frac, f"datasets.{name}")[: cfg.max_sequences]
 
     general, domain = held_out(cfg.general), held_out(cfg.domain)
     prompts, gold = [], []

@@ -23,7 +23,8 @@ class StagePlan:
     spec: StageSpec
     cfg: DistillConfig  # resolved; student.path of stages > 0 is filled in when the stage runs
     prep: Any  # raykd.train.prepare.Prepared of the stage's data with its base teacher
-    adapt_prep: Any = None  # Prepared of the adaptation data set (train/val blocks), when adapting
+    adapt_prep: Any = None  # Prepared of the adaptation data set, when adapting
+    adapt_cfg: Any = None  # its DistillConfig (the stage's, or with the adaptation data set)
     records: list[dict] | None = None  # prompt records, for instruction stages
 
     @property
@@ -73,7 +74,7 @@ def plan_pipeline(cfg: PipelineConfig) -> Plan:
     """All checks that need no cluster, for every stage; builds (cached) tiny teachers when needed."""
     from transformers import AutoTokenizer
 
-    from raykd.data.sources import load_texts
+    from raykd.data.sources import plan_chunks
     from raykd.data.tasks import ensure_math_problems
     from raykd.models import check_model_dir
     from raykd.pipeline.eval import build_eval_sets, extract_answer
@@ -84,13 +85,14 @@ def plan_pipeline(cfg: PipelineConfig) -> Plan:
     used |= {cfg.eval.general, cfg.eval.domain, cfg.eval.exact_match}
     used.discard(None)
     sources: dict[str, str] = {}
-    texts: dict[str, list[str]] = {}
+    data: dict = {}
     for name in sorted(used):  # data problems first: the cheapest to fix
         ds = cfg.datasets[name]
         sources[name] = ds.source
         if ds.source == "generated":
             sources[name] = str(ensure_math_problems(default_cache_dir() / "data", ds.generated.records, ds.generated.seed))
-        texts[name] = load_texts(_dataset_config(cfg, name, sources), f"datasets.{name}")
+        data[name] = _dataset_config(cfg, name, sources)
+        plan_chunks(data[name], f"datasets.{name}")  # checked (records, files) before anything else
 
     em_records = None
     if cfg.eval.exact_match:
@@ -124,16 +126,16 @@ def plan_pipeline(cfg: PipelineConfig) -> Plan:
         if sp.spec.adapt_teacher:
             ds = sp.spec.adapt_teacher.dataset or sp.spec.dataset
             if ds == sp.spec.dataset:
-                sp.adapt_prep = sp.prep
+                sp.adapt_prep, sp.adapt_cfg = sp.prep, sp.cfg
             else:
                 adapt_cfg = sp.cfg.model_copy(deep=True)
                 adapt_cfg.data = _dataset_config(cfg, ds, sources)
-                sp.adapt_prep = prepare(adapt_cfg, f"{sp.label}.adapt_teacher")
+                sp.adapt_prep, sp.adapt_cfg = prepare(adapt_cfg, f"{sp.label}.adapt_teacher"), adapt_cfg
 
     trained_on = {s.dataset for s in cfg.stages} | {s.adapt_teacher.dataset or s.dataset for s in cfg.stages if s.adapt_teacher}
     fractions = {name: cfg.datasets[name].val_fraction for name in used}
     fractions.update({sp.spec.dataset: sp.cfg.data.val_fraction for sp in reversed(stages)})  # as the stages split
-    sets = build_eval_sets(cfg.eval, first.prep.tokenizer, texts, fractions, trained_on, em_records)
+    sets = build_eval_sets(cfg.eval, first.prep.tokenizer, data, fractions, trained_on, em_records)
     for key in ("general", "domain"):
         if len(getattr(sets, key)) == 0:
             raise ConfigError(f"eval.{key}: data set '{getattr(cfg.eval, key)}' yields no held-out sequence of "

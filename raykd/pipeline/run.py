@@ -157,14 +157,16 @@ class _Runner:
         from raykd.teacher.service import launch_teacher
         from raykd.tracking import tracked_run
         from raykd.train.fit import storage_root, train_in_run
-        from raykd.train.prepare import prepare
+        from raykd.train.prepare import ingest_data, prepare
 
         spec, label = sp.spec, sp.label
         prep = sp.prep
         adapt_record = None
-        if spec.adapt_teacher:
-            path, adapt_record = adapt_teacher(prep.teacher_path, prep.fingerprint, sp.adapt_prep.train,
-                                               sp.adapt_prep.val, spec.adapt_teacher, seed=cfg_i.seed,
+        if spec.adapt_teacher:  # fine-tuned in this process on the (small) adaptation set, through Ray Data
+            adapt = ingest_data(sp.adapt_cfg, sp.adapt_prep)
+            path, adapt_record = adapt_teacher(prep.teacher_path, prep.fingerprint, adapt.take(0, adapt.n_train).ids,
+                                               adapt.take(adapt.val_start, adapt.n_blocks).ids, spec.adapt_teacher,
+                                               seed=cfg_i.seed,
                                                threads=max(1, int(cfg_i.teacher.num_cpus)))
             prep = dataclasses.replace(prep, teacher_path=str(path), fingerprint=model_fingerprint(str(path)))
             cfg_i.teacher.path = str(path)

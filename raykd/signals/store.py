@@ -210,8 +210,9 @@ def _reason(e: Exception) -> str:
     return text
 
 
-def check_offline(path: str, fingerprint: str, top_k: int, vocab_size: int, sequences: np.ndarray) -> None:
-    """Before any cluster starts: offline shards exist, are this teacher's, and cover every training sequence."""
+def check_offline(path: str, fingerprint: str, top_k: int, vocab_size: int, hashes=None) -> "SignalStore":
+    """Offline shards exist and are this teacher's (before any cluster starts); with `hashes` (the
+    `sequence_hash` of every training sequence, any iterable), that they cover every one. Returns the store."""
     p = Path(path).expanduser()
     if not p.is_dir():
         raise SignalStoreError(f"signals.offline_path: not a directory: {p}")
@@ -219,9 +220,14 @@ def check_offline(path: str, fingerprint: str, top_k: int, vocab_size: int, sequ
                         field="signals.offline_path")
     if not len(store):
         raise SignalStoreError(f"signals.offline_path: {p} holds no signal shards (*{SHARD_SUFFIX})")
-    missing = sum(sequence_hash(s) not in store.index for s in sequences)
-    if missing:
-        raise SignalStoreError(
-            f"signals.offline_path: {missing} of {len(sequences)} training sequences are not in {p}; run "
-            f"`raykd capture` with the same teacher and data and top_k >= {top_k}"
-        )
+    if hashes is not None:
+        total = missing = 0
+        for h in hashes:
+            total += 1
+            missing += h not in store.index
+        if missing:
+            raise SignalStoreError(
+                f"signals.offline_path: {missing} of {total} training sequences are not in {p}; run "
+                f"`raykd capture` with the same teacher and data and top_k >= {top_k}"
+            )
+    return store

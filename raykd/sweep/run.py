@@ -87,7 +87,7 @@ def run_sweep(sweep: SweepConfig, base: DistillConfig, resume: bool = False) -> 
     prep = prepare(base)
     check_space_against_models(sweep, base, prep.teacher_path)
     say(f"sweep {sweep.name}: {total_trials(sweep)} trial(s), search {sweep.search}, scheduler {sweep.scheduler}, "
-        f"metric {sweep.metric} ({sweep.mode}); {len(prep.train)} train / {len(prep.val)} held-out sequences")
+        f"metric {sweep.metric} ({sweep.mode}); data {base.data.source} in {len(prep.chunks)} chunk(s)")
     uri = resolve_tracking_uri(base.mlflow)
     params = {k: v for k, v in flatten(sweep).items() if not k.startswith("base")}
     params.update(flatten(base, "base."))
@@ -152,13 +152,17 @@ def retire_unfinished_runs(uri: str, experiment: str, name: str) -> None:
 
 
 def _shared_inputs(sweep: SweepConfig, base: DistillConfig, prep) -> dict[str, Any]:
-    """Deploy the teacher once, check every extreme value of the space against it, share data and init."""
+    """Ingest the data and deploy the teacher once, check every extreme value of the space against it, share
+    the data (Ray Data blocks in the object store), the held-out blocks and the student's initialisation."""
     import ray
 
     from raykd.teacher.service import launch_teacher
-    from raykd.train.fit import put_data, student_init_ref
-    from raykd.train.prepare import check_teacher_info
+    from raykd.train.fit import student_init_ref
+    from raykd.train.prepare import check_offline_coverage, check_teacher_info, ingest_data
 
+    data = ingest_data(base, prep)
+    if base.signals.offline_path:
+        check_offline_coverage(base, prep, data)
     student_ref, n_params = student_init_ref(base, prep.teacher_path)
     say(f"deploying the shared teacher ({base.teacher.backend}) as Serve app '{base.teacher.app_name}'")
     handle = launch_teacher(base.teacher, prep.teacher_path, prep.fingerprint)
@@ -166,18 +170,20 @@ def _shared_inputs(sweep: SweepConfig, base: DistillConfig, prep) -> dict[str, A
     vocab = ray.get(student_ref)[0].vocab_size
     for key, cfg in _corner_configs(sweep, base):  # e.g. top-k against a vLLM teacher's max_logprobs
         _named(key, cfg, lambda c: check_teacher_info(c, info, student_vocab=vocab))
-    tokens, weights = prep.train, prep.train_weights
+    val = data.take(data.val_start, data.val_start + base.eval.max_sequences)
+    train = data
     if base.seqkd.enabled:  # the teacher writes the training text once, for every trial
+        from raykd.data.ingest import BlockData
         from raykd.train.seqkd import teacher_sequences
 
-        tokens, weights = teacher_sequences(handle, tokens, weights, base.seqkd)
+        prompts = data.take(0, min(data.n_train, base.seqkd.max_prompts or data.n_train))
+        train = BlockData.from_arrays(teacher_sequences(handle, prompts, base.seqkd))
     if sweep.teacher_per_trial:
         from ray import serve
 
         serve.delete(base.teacher.app_name)  # comparison mode: each trial deploys its own
     say(f"student: {n_params:,} params, one initialisation shared by all trials")
-    return dict(val_ref=ray.put(prep.val[: base.eval.max_sequences]), student_ref=student_ref,
-                **put_data(tokens, weights))
+    return dict(val_ref=ray.put(val), student_ref=student_ref, data=train)
 
 
 def _corner_configs(sweep: SweepConfig, base: DistillConfig):

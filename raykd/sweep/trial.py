@@ -48,10 +48,9 @@ class TrialShared:
 
     sweep: dict[str, Any]  # SweepConfig dump
     base: dict[str, Any]  # DistillConfig dump
-    tokens_ref: Any  # ObjectRef of (N, L) int32 training blocks
-    val_ref: Any  # ObjectRef of (M, L) int32 held-out blocks (val_loss)
+    data: Any  # BlockData (raykd/data/ingest.py): the packed training blocks in the object store
+    val_ref: Any  # ObjectRef of held-out TokenBlocks (val_loss)
     student_ref: Any  # ObjectRef of (HF config, state dict): one initialisation for all trials
-    weights_ref: Any  # ObjectRef of (N, L) float32 sample weights, or None
     teacher_path: str
     fingerprint: str
     tracking_uri: str
@@ -123,11 +122,11 @@ def run_trial(params: dict[str, Any], shared: TrialShared) -> None:
         with tracked_run(shared.tracking_uri, cfg.mlflow.experiment, cfg.run_name, params_flat, tags,
                          parent_run_id=shared.parent_run_id) as run_id:
             queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
-            loop = LoopConfig(cfg, tokens_ref=shared.tokens_ref, student_ref=shared.student_ref,
-                              weights_ref=shared.weights_ref, val_ref=shared.val_ref, run_id=run_id,
+            loop = LoopConfig(cfg, student_ref=shared.student_ref, val_ref=shared.val_ref, run_id=run_id,
                               tracking_uri=shared.tracking_uri, init_checkpoint=None if start_dir is None else str(start_dir))
             errors: list[BaseException] = []
-            runner = threading.Thread(target=_fit, args=(cfg, train_name, shared.train_storage, loop, queue, errors),
+            runner = threading.Thread(target=_fit, args=(cfg, train_name, shared.train_storage, loop, shared.data,
+                                                         queue, errors),
                                       daemon=True, name="raykd-trial-fit")
             runner.start()
             logger = MetricLogger(shared.tracking_uri, run_id)
@@ -168,12 +167,12 @@ def _report(metrics: dict[str, float], checkpoint_path: str | None, state: dict[
         shutil.rmtree(out, ignore_errors=True)
 
 
-def _fit(cfg: DistillConfig, name: str, storage: str, loop: LoopConfig, queue, errors: list) -> None:
+def _fit(cfg: DistillConfig, name: str, storage: str, loop: LoopConfig, data, queue, errors: list) -> None:
     """Thread body: the trial's Ray Train run; every report goes to `queue`, then a final None."""
     try:
         from raykd.train.fit import make_trainer
 
-        make_trainer(cfg, name, storage, loop, callbacks=[_forward_reports_cls()(queue)]).fit()
+        make_trainer(cfg, name, storage, loop, data, callbacks=[_forward_reports_cls()(queue)]).fit()
     except BaseException as e:  # noqa: BLE001 - re-raised in the trial's main thread
         # (When Tune stops a trial - ASHA at a rung or at max_t - its actor's placement group goes first and the
         # Train controller dies under this thread: the main thread has then already left, nothing to report.)

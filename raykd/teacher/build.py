@@ -54,9 +54,13 @@ _LOG_EVERY_S = 10.0
 
 
 def teacher_fingerprint(cfg: TinyTeacherConfig) -> str:
-    """First 16 hex chars of sha256 over the canonical JSON of `cfg` and `TEACHER_FORMAT`."""
-    # `moe: null` is left out so that dense teachers keep the fingerprints they had before MoE existed.
-    dump = cfg.model_dump(mode="json", exclude={"moe"} if cfg.moe is None else None)
+    """First 16 hex chars of sha256 over the canonical JSON of `cfg` and `TEACHER_FORMAT` (and chat_data's bytes)."""
+    # Options at their defaults (`moe: null`, no chat) are left out so that teachers built before those options
+    # existed keep their fingerprints.
+    unset = {k for k in ("moe", "chat_template", "chat_data", "chat_fields") if getattr(cfg, k) in (None, False)}
+    dump = cfg.model_dump(mode="json", exclude=unset or None)
+    if cfg.chat_data is not None:  # the conversations are part of the recipe: a changed file is another teacher
+        dump["chat_data_sha256"] = hashlib.sha256(Path(cfg.chat_data).expanduser().read_bytes()).hexdigest()
     payload = json.dumps({"format": TEACHER_FORMAT, "cfg": dump}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -209,10 +213,16 @@ def build_tiny_teacher(
 
         t = time.monotonic()
         text = generate_corpus(cfg.corpus_chars, cfg.seed)
+        if cfg.chat_data is not None:
+            text = _with_chat(text, cfg)
         timings["corpus"] = time.monotonic() - t
 
         t = time.monotonic()
         tokenizer = train_tokenizer(text, cfg.vocab_size, cfg.max_position_embeddings)
+        if cfg.chat_template:
+            from raykd.data.chat import RAYKD_CHAT_TEMPLATE
+
+            tokenizer.chat_template = RAYKD_CHAT_TEMPLATE
         timings["tokenizer"] = time.monotonic() - t
 
         t = time.monotonic()
@@ -275,6 +285,23 @@ def build_tiny_teacher(
         f"train loss {stats['train_loss']:.3f}, held-out loss {ev['val_loss']:.3f} (unigram {ev['unigram_val_loss']:.3f})",
     )
     return out_dir
+
+
+def _with_chat(corpus: str, cfg: TinyTeacherConfig) -> str:
+    """The generated stories and the chat_data conversations (rendered with raykd's chat template), interleaved
+    in a seeded order so that both are in the pre-training and the held-out part of the stream."""
+    import random
+
+    from raykd.config import DataConfig
+    from raykd.data.chat import render_chat
+    from raykd.data.sources import iter_examples
+
+    data = DataConfig(source=cfg.chat_data, format="chat", chat_fields=cfg.chat_fields)
+    chats = [render_chat(ex.messages, EOT) + "\n" for ex in iter_examples(data, "teacher.build.chat_data")]
+    stories = [p + "\n\n" for p in corpus.split("\n\n") if p]
+    pieces = stories + chats
+    random.Random(cfg.seed).shuffle(pieces)
+    return "".join(pieces)
 
 
 def _is_complete(path: Path) -> bool:

@@ -1,7 +1,8 @@
 """Driver side of training: the student's first weights, the Ray Train run, and the exported student.
 
-    trained = train_in_run(cfg, prep, run_id, uri)          # teacher deployed, student trained and exported
+    trained = train_in_run(cfg, prep, run_id, uri)          # data ingested, teacher deployed, student trained
     trained.student_dir, trained.handle, trained.loop        # HF directory, the teacher's handle, the LoopConfig
+    trained.data                                             # the BlockData it trained on (raykd/data/ingest.py)
 
 `train_in_run` is what `raykd distill`, each pipeline stage and (through `make_trainer`) each sweep trial
 run. Ray must be up. Checkpoints go to `<train.storage_path>/<name>/`; a second call with the same name and
@@ -16,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from raykd.config import DistillConfig, default_cache_dir
 from raykd.console import say
 from raykd.files import atomic_dir
@@ -29,21 +28,23 @@ def storage_root(cfg: DistillConfig) -> str:
     return str(Path(cfg.train.storage_path or default_cache_dir() / "runs").expanduser().resolve())
 
 
-def put_data(tokens: np.ndarray, weights: np.ndarray | None) -> dict[str, Any]:
-    """`tokens_ref` / `weights_ref` of a LoopConfig: the training blocks (N, L) and their weights in the object store."""
-    import ray
+def make_trainer(cfg: DistillConfig, name: str, storage_path: str, loop: LoopConfig, data,
+                 callbacks: list | None = None):
+    """The TorchTrainer of one student run: `train.num_workers` workers running raykd/train/loop.py, each
+    reading its batches of `data` (a BlockData) through `ray.train.get_dataset_shard` (raykd/train/batches.py)."""
+    import dataclasses
 
-    return {"tokens_ref": ray.put(tokens), "weights_ref": None if weights is None else ray.put(weights)}
-
-
-def make_trainer(cfg: DistillConfig, name: str, storage_path: str, loop: LoopConfig, callbacks: list | None = None):
-    """The TorchTrainer of one student run: `train.num_workers` workers running raykd/train/loop.py."""
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from raykd.train.batches import plan_windows, resume_step_hint, train_datasets
     from raykd.train.loop import train_loop_per_worker
 
     tc = cfg.train
+    first = min(resume_step_hint(storage_path, name, loop.init_checkpoint), tc.max_steps)
+    windows = plan_windows(data.n_train, data.seq_len, tc.batch_size, tc.num_workers, first, tc.max_steps)
+    datasets, dataset_config = train_datasets(data, cfg, windows)
+    loop = dataclasses.replace(loop, data_windows=tuple(windows))
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop.to_train_loop_config(),
@@ -52,11 +53,14 @@ def make_trainer(cfg: DistillConfig, name: str, storage_path: str, loop: LoopCon
         ),
         run_config=RunConfig(name=name, storage_path=storage_path, callbacks=callbacks or [],
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        datasets=datasets or None,
+        dataset_config=dataset_config,
     )
 
 
-def fit_student(cfg: DistillConfig, name: str, loop: LoopConfig, label: str | None = None) -> Path:
-    """Run the TorchTrainer; return the directory of its final checkpoint (resumes a same-named run).
+def fit_student(cfg: DistillConfig, name: str, loop: LoopConfig, data, label: str | None = None) -> Path:
+    """Run the TorchTrainer on `data` (a BlockData); return the directory of its final checkpoint (resumes a
+    same-named run).
 
     Rank 0's progress is drawn as one bar, `label` (default `train <name>`), on the driver's console.
     """
@@ -64,7 +68,7 @@ def fit_student(cfg: DistillConfig, name: str, loop: LoopConfig, label: str | No
 
     with TrainProgress(label or f"train {name}", cfg.train.max_steps) as progress:
         loop = dataclasses.replace(loop, progress=progress.queue)
-        result = make_trainer(cfg, name, storage_root(cfg), loop).fit()
+        result = make_trainer(cfg, name, storage_root(cfg), loop, data).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training run {name} reported no checkpoint")
     return Path(result.checkpoint.path)
@@ -100,10 +104,14 @@ class Trained:
     handle: Any  # DeploymentHandle of the teacher app (still running)
     student_dir: Path  # exported HF directory of the trained student
     loop: LoopConfig  # what the Train workers ran with (reused for the baseline)
+    data: Any  # BlockData the student trained on (sequence-level KD: the teacher's text)
+    source_data: Any  # BlockData of data.source (its held-out blocks are the evaluation's)
 
 
-def train_in_run(cfg: DistillConfig, prep: Prepared, run_id: str, uri: str, train_name: str | None = None) -> Trained:
-    """Deploy the teacher, train the student into MLflow run `run_id`, export it. Ray must be up.
+def train_in_run(cfg: DistillConfig, prep: Prepared, run_id: str, uri: str, train_name: str | None = None,
+                 data=None) -> Trained:
+    """Ingest the data (unless `data`, a BlockData, is given), deploy the teacher, train the student into MLflow
+    run `run_id`, export it. Ray must be up.
 
     `train_name` names the Ray Train run (its checkpoints); default `cfg.run_name`. The student is written
     to `<output_dir>/<run_name>/student` and logged as the run's `student/` artifact.
@@ -112,21 +120,29 @@ def train_in_run(cfg: DistillConfig, prep: Prepared, run_id: str, uri: str, trai
     import ray
 
     from raykd.teacher.service import launch_teacher
+    from raykd.train.prepare import check_offline_coverage, ingest_data
 
     tc = cfg.train
+    if data is None:
+        data = ingest_data(cfg, prep)
+        mlflow.log_metrics(data.metrics(), run_id=run_id)
+    if cfg.signals.offline_path:
+        check_offline_coverage(cfg, prep, data)
     student_ref, student_params = student_init_ref(cfg, prep.teacher_path)
     say(f"deploying teacher ({cfg.teacher.backend}, {cfg.teacher.num_replicas} replica(s))")
     handle = launch_teacher(cfg.teacher, prep.teacher_path, prep.fingerprint)
     info = handle.info.remote().result()
     check_teacher_info(cfg, info, student_vocab=ray.get(student_ref)[0].vocab_size)
-    tokens, weights = prep.train, prep.train_weights
+    train_data = data
     if cfg.seqkd.enabled:  # sequence-level KD: train on the teacher's continuations of the data's prompts
+        from raykd.data.ingest import BlockData
         from raykd.train.seqkd import teacher_sequences
 
-        tokens, weights = teacher_sequences(handle, tokens, weights, cfg.seqkd)
-    loop = LoopConfig(cfg, student_ref=student_ref, run_id=run_id, tracking_uri=uri, **put_data(tokens, weights))
+        prompts = data.take(0, min(data.n_train, cfg.seqkd.max_prompts or data.n_train))
+        train_data = BlockData.from_arrays(teacher_sequences(handle, prompts, cfg.seqkd))
+    loop = LoopConfig(cfg, student_ref=student_ref, run_id=run_id, tracking_uri=uri)
     say(f"training student ({student_params:,} params) on {tc.num_workers} worker(s), {tc.max_steps} steps")
-    ckpt = fit_student(cfg, train_name or cfg.run_name, loop, label="train student")
+    ckpt = fit_student(cfg, train_name or cfg.run_name, loop, train_data, label="train student")
     student_dir = export_student(ckpt, prep.tokenizer, Path(cfg.output_dir) / cfg.run_name / "student")
     mlflow.log_artifacts(str(student_dir), "student", run_id=run_id)
-    return Trained(handle, student_dir, loop)
+    return Trained(handle, student_dir, loop, train_data, data)

@@ -2,7 +2,8 @@
 
     TorchTrainer(train_loop_per_worker, train_loop_config=LoopConfig(...).to_train_loop_config(), ...)
 
-Each worker owns a deterministic shard of every global batch, streams the teacher's signals for its
+Each worker reads its deterministic shard of every global batch from Ray Data (raykd/train/batches.py:
+`ray.train.get_dataset_shard`, the seeded order of raykd/data/order.py), streams the teacher's signals for its
 shard (raykd/train/signal_source.py: cache, offline shards or the Serve deployment; raykd/train/prefetch.py:
 a bounded window in flight), takes a student step on the loss of raykd/loss/objective.py (default
 `alpha * T^2 * KL + (1 - alpha) * CE`), and every `checkpoint_every` steps reports a checkpoint
@@ -22,7 +23,6 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,24 +32,6 @@ from raykd.loss.schedules import lr_factor
 from raykd.train.checkpoint import load_checkpoint, save_checkpoint
 from raykd.train.loop_config import LoopConfig
 from raykd.train.progress import describe, post, step_event
-
-
-def global_batch_indices(n: int, batch: int, world: int, rank: int, seed: int, start_step: int) -> Iterator[np.ndarray]:
-    """Rows of this worker's shard for steps start_step, start_step+1, ...: seeded per-epoch permutations."""
-    perms: dict[int, np.ndarray] = {}
-
-    def perm(epoch: int) -> np.ndarray:
-        if epoch not in perms:
-            if len(perms) > 2:
-                perms.pop(min(perms))  # a batch spans at most two epochs
-            perms[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
-        return perms[epoch]
-
-    step = start_step
-    while True:
-        first = (step * world + rank) * batch
-        yield np.array([perm(pos // n)[pos % n] for pos in range(first, first + batch)], np.int64)
-        step += 1
 
 
 def lr_lambda(warmup: int, total: int):
@@ -77,6 +59,7 @@ def train_loop_per_worker(config: dict) -> None:
     from raykd.plots import objective_figures
     from raykd.teacher.service import teacher_handle
     from raykd.tracking import MetricLogger
+    from raykd.train.batches import step_batches
     from raykd.train.chunked_objective import CHUNKED_FORWARD_KWARGS, chunked_objective_loss
     from raykd.train.prefetch import SignalPrefetcher
     from raykd.train.signal_source import signal_source
@@ -89,7 +72,6 @@ def train_loop_per_worker(config: dict) -> None:
     torch.set_num_threads(tc.torch_threads or max(1, int(tc.cpus_per_worker)))
     torch.manual_seed(cfg.seed)
 
-    tokens: np.ndarray = ray.get(loop.tokens_ref)
     s_config, s_state = ray.get(loop.student_ref)
     model = AutoModelForCausalLM.from_config(s_config, dtype=torch.float32)
     model.load_state_dict({k: torch.as_tensor(np.array(v)) for k, v in s_state.items()})
@@ -121,12 +103,9 @@ def train_loop_per_worker(config: dict) -> None:
         source = signal_source(cfg, handle, extras)
         submit = source.submit
     chunk = cfg.signals.loss_chunk_size  # memory-lean loss: no (B, L, V) logits (raykd/train/chunked_objective.py)
-    rows_iter = global_batch_indices(len(tokens), tc.batch_size, world, rank, cfg.seed, start_step)
-    # Per-token sample weights (data.weight_field): the same rows as the batches, from a second identical iterator.
-    token_weights = ray.get(loop.weights_ref) if loop.weights_ref is not None else None
-    weight_rows = global_batch_indices(len(tokens), tc.batch_size, world, rank, cfg.seed, start_step)
-    batches = (tokens[next(rows_iter)] for _ in range(start_step, tc.max_steps))
-    prefetch = SignalPrefetcher(submit, batches, tc.max_inflight)
+    # This worker's blocks, step by step (ids, loss mask, sample weights), from its Ray Data shard.
+    batches = step_batches(list(loop.data_windows), tc.batch_size, start_step, rank=rank)
+    prefetch = SignalPrefetcher(submit and (lambda b: submit(b.ids)), batches, tc.max_inflight)
 
     logger = MetricLogger(loop.tracking_uri, loop.run_id) if rank == 0 else None
     window: dict[str, float] = {}
@@ -135,15 +114,16 @@ def train_loop_per_worker(config: dict) -> None:
     for step in range(start_step, tc.max_steps):
         wait_before = prefetch.wait_seconds
         batch, signals = next(prefetch)
-        ids = torch.as_tensor(batch, dtype=torch.long, device=device)  # (B, L)
+        ids = torch.as_tensor(batch.ids, dtype=torch.long, device=device)  # (B, L)
         forward_kwargs = {**objective.model_kwargs(), **(CHUNKED_FORWARD_KWARGS if chunk else {})}
         out = model(input_ids=ids, **forward_kwargs)  # logits (B, L, V) (+ hidden states, attentions); none if chunked
-        weights = token_weights[next(weight_rows)] if token_weights is not None else None  # (B, L)
+        weights, mask = batch.weight, batch.mask  # (B, L): sample weights (or None), trained tokens
         if chunk:
             lm_head = raw_model.get_output_embeddings().weight
-            loss, step_metrics = chunked_objective_loss(objective, lm_head, step, out, ids, signals, weights, chunk)
+            loss, step_metrics = chunked_objective_loss(objective, lm_head, step, out, ids, signals, weights, chunk,
+                                                        mask)
         else:
-            loss, step_metrics = objective.compute_loss(step, out, ids, signals, weights)
+            loss, step_metrics = objective.compute_loss(step, out, ids, signals, weights, mask)
         optimizer.zero_grad(set_to_none=True)
         objective.zero_grad()
         loss.backward()
@@ -190,7 +170,8 @@ def train_loop_per_worker(config: dict) -> None:
                 report = {"step": step + 1, "loss": float(loss.item())}
                 if rank == 0 and loop.val_ref is not None:  # what a sweep ranks trials on
                     report.update({k: float(step_metrics[k]) for k in ("loss_hard", "loss_soft") if k in step_metrics})
-                    report["val_loss"] = heldout_loss(raw_model, ray.get(loop.val_ref))[0]
+                    val = ray.get(loop.val_ref)
+                    report["val_loss"] = heldout_loss(raw_model, val.ids, mask=val.mask)[0]
                 ray.train.report(report, checkpoint=ckpt)
     if logger is not None:  # figures (dynamic-temperature histogram, adversarial curves) of rank 0's rows
         logger.log_per_step({s: {"alpha": a, "temperature": t} for s, a, t in objective.pop_step_values()})

@@ -1,12 +1,13 @@
 """Driver side, before any cluster starts: everything about a `raykd distill` config that can be checked.
 
-    prep = prepare(cfg)          # data read and tokenized, teacher resolved (the tiny one built), checks run
-    prep.train, prep.val         # (N, L) / (M, L) int32 blocks; prep.train_weights (N, L) float32 or None
+    prep = prepare(cfg)          # data checked and planned, teacher resolved (the tiny one built), checks run
+    data = ingest_data(cfg, prep)  # Ray up: the data read, tokenized and packed by Ray Data (raykd/data/ingest.py)
 
-Order matters for the user: data errors first (the cheapest to fix), then the teacher and student
-directories, vocabularies, lengths, the method layer maps against the real models, and captured signals.
-Each problem is one `ConfigError` line. `check_teacher_info` repeats the teacher checks against the
-deployed teacher (`TeacherInfo`), whose limits (vLLM's max_logprobs, max_model_len) only it knows.
+Order matters for the user: data errors first (the cheapest to fix: the source is streamed once, its
+records checked up to `data.validate_mb`, and cut into chunks), then the teacher and student directories,
+vocabularies, the chat template, lengths, the method layer maps against the real models, and captured
+signals. Each problem is one `ConfigError` line. `check_teacher_info` repeats the teacher checks against
+the deployed teacher (`TeacherInfo`), whose limits (vLLM's max_logprobs, max_model_len) only it knows.
 """
 
 from __future__ import annotations
@@ -24,18 +25,17 @@ class Prepared:
     teacher_path: str
     fingerprint: str
     tokenizer: Any
-    train: np.ndarray  # (N, L) int32
-    val: np.ndarray  # (M, L) int32
-    train_weights: np.ndarray | None = None  # (N, L) float32 per-token sample weights (data.weight_field)
+    chunks: list  # raykd.data.sources.Chunk: the source cut into Ray Data tasks
+    chat_template: str | None = None  # data.chat_template's text (None: the tokenizer's, or not chat)
+    field: str = "data"
 
 
 def prepare(cfg: DistillConfig, field: str = "data") -> Prepared:
     """All checks that need no cluster; builds the tiny teacher if none is given (cached)."""
-    from raykd.data.blocks import split_blocks, tokenize_weighted_blocks
-    from raykd.data.sources import load_weighted_texts
+    from raykd.data.sources import plan_chunks
     from raykd.models import check_model_dir, model_fingerprint
 
-    texts, weights = load_weighted_texts(cfg.data, field)  # data errors first: they are the cheapest to fix
+    chunks = plan_chunks(cfg.data, field)  # data errors first: they are the cheapest to fix
     if cfg.teacher.path is not None:
         check_model_dir(cfg.teacher.path, "teacher.path")
         teacher_path = cfg.teacher.path
@@ -62,19 +62,66 @@ def prepare(cfg: DistillConfig, field: str = "data") -> Prepared:
 
         check_vllm_teacher(teacher_path, cfg.teacher, top_k=cfg.loss.top_k, seq_len=cfg.data.seq_len)
     check_methods(cfg, t_config)  # layer maps, head counts, layer selection against the real models
-    blocks, block_weights = tokenize_weighted_blocks(texts, weights, tokenizer, cfg.data.seq_len)
-    if len(blocks) == 0:
-        raise ConfigError(f"{field}.source: {cfg.data.source} yields no sequence of {cfg.data.seq_len} tokens")
-    train, val = split_blocks(blocks, cfg.data.val_fraction, field)
-    if cfg.data.max_sequences:
-        train = train[: cfg.data.max_sequences]
-    train_weights = None if block_weights is None else block_weights[: len(train)]
+    template = check_data(cfg, tokenizer, teacher_path, chunks, field)
     fingerprint = model_fingerprint(teacher_path)
-    if cfg.signals.offline_path:  # captured signals: this teacher's, covering every training sequence
+    if cfg.signals.offline_path:  # captured signals of this teacher (coverage is checked while training)
         from raykd.signals.store import check_offline
 
-        check_offline(cfg.signals.offline_path, fingerprint, cfg.loss.top_k, t_config.vocab_size, train)
-    return Prepared(teacher_path, fingerprint, tokenizer, train, val, train_weights)
+        check_offline(cfg.signals.offline_path, fingerprint, cfg.loss.top_k, t_config.vocab_size)
+    return Prepared(teacher_path, fingerprint, tokenizer, chunks, template, field)
+
+
+def check_data(cfg: DistillConfig, tokenizer, teacher_path: str, chunks: list, field: str = "data") -> str | None:
+    """The chat template (one line naming data.chat_template when there is none), tried on the first record;
+    a source of one chunk (at most data.chunk_mb) is packed here whole, so that too little data fails now.
+    Returns the template text (None: the tokenizer's own, or not chat)."""
+    from raykd.data.blocks import encode_chunk
+    from raykd.data.ingest import BlockData, pad_id
+    from raykd.data.records import RecordEncoder, example_of, load_chat_template
+    from raykd.data.sources import read_chunk
+
+    template = load_chat_template(cfg.data, tokenizer, teacher_path)
+    encoder = RecordEncoder(tokenizer, cfg.data, template)
+    if len(chunks) == 1:
+        packed = encode_chunk(chunks[0], cfg.data, encoder, pad_id(tokenizer))
+        BlockData(None, np.array([len(packed.ids)]), cfg.data.seq_len, packed.stats).split(
+            cfg.data.val_fraction, cfg.data.max_sequences, field)
+    elif cfg.data.format != "text":
+        for where, raw in read_chunk(chunks[0], cfg.data):
+            encoder.encode(example_of(raw, cfg.data, where))
+            break
+    return template
+
+
+def ingest_data(cfg: DistillConfig, prep: Prepared):
+    """The training data in the object store (raykd/data/ingest.py BlockData); Ray must be up. Prints a summary."""
+    from raykd.console import say
+    from raykd.data.ingest import ingest
+
+    data = ingest(cfg.data, prep.teacher_path, prep.chat_template, prep.chunks, prep.field)
+    say(f"data: {data.describe()} (Ray Data, {data.seconds:.1f}s)")
+    return data
+
+
+def check_offline_coverage(cfg: DistillConfig, prep: Prepared, data) -> None:
+    """signals.offline_path covers every training block (their hashes computed by Ray Data). Ray must be up."""
+    from raykd.signals.store import check_offline
+
+    def hashes():
+        rows = data.blocks(0, data.n_train).map_batches(_block_hashes, batch_format="numpy")
+        for batch in rows.iter_batches(batch_size=4096, batch_format="numpy"):
+            yield from (bytes(h) for h in batch["hash"])
+
+    from transformers import AutoConfig
+
+    vocab = AutoConfig.from_pretrained(prep.teacher_path).vocab_size
+    check_offline(cfg.signals.offline_path, prep.fingerprint, cfg.loss.top_k, vocab, hashes())
+
+
+def _block_hashes(batch: dict) -> dict:
+    from raykd.signals.format import sequence_hash
+
+    return {"hash": np.array([sequence_hash(s) for s in batch["ids"]], dtype=object)}
 
 
 def check_same_vocab(teacher_path: str, other_path: str, field: str) -> None:

@@ -1,45 +1,10 @@
-"""Data loading and blocking."""
-
-import json
+"""Small held-out sets cut from plain documents (pipeline evaluation, masked-LM), and TokenBlocks."""
 
 import numpy as np
 import pytest
 
-from raykd.config import ConfigError, DataConfig
-from raykd.data.blocks import split_blocks, tokenize_blocks
-from raykd.data.sources import load_texts
-
-
-def test_sources(tmp_path):
-    txt = tmp_path / "a.txt"
-    txt.write_text("hello world\n")
-    assert load_texts(DataConfig(source=str(txt))) == ["hello world\n"]
-    jl = tmp_path / "a.jsonl"
-    jl.write_text(json.dumps({"q": "1+1?", "a": "2"}) + "\n\n" + json.dumps({"q": "2+2?", "a": "4"}) + "\n")
-    assert load_texts(DataConfig(source=str(jl), text_fields=["q", "a"])) == ["1+1?\n\n2", "2+2?\n\n4"]
-    gen = load_texts(DataConfig(source="builtin", builtin_chars=2000))
-    assert len(gen) == 1 and len(gen[0]) >= 1500
-
-
-@pytest.mark.parametrize(
-    "content, suffix, fields, needle",
-    [
-        ("", ".txt", ["text"], "is empty"),
-        ("  \n", ".txt", ["text"], "is empty"),
-        ("", ".jsonl", ["text"], "has no records"),
-        ('{"text": "a"}\n{"txt": "b"}\n', ".jsonl", ["text"], ":2 has no field 'text'"),
-        ('{"text": "a"}\nnot json\n', ".jsonl", ["text"], ":2 is not valid JSON"),
-        ("x", ".csv", ["text"], "must be 'builtin'"),
-    ],
-)
-def test_bad_data_names_file(tmp_path, content, suffix, fields, needle):
-    p = tmp_path / f"d{suffix}"
-    p.write_text(content)
-    with pytest.raises(ConfigError, match="data.") as err:
-        load_texts(DataConfig(source=str(p), text_fields=fields))
-    assert needle in str(err.value) and str(p) in str(err.value)
-    with pytest.raises(ConfigError, match="file not found"):
-        load_texts(DataConfig(source=str(tmp_path / "missing.txt")))
+from raykd.config import ConfigError
+from raykd.data.blocks import TokenBlocks, split_blocks, tokenize_blocks
 
 
 def test_tokenize_and_split(tiny_teacher):
@@ -48,9 +13,14 @@ def test_tokenize_and_split(tiny_teacher):
     tok = AutoTokenizer.from_pretrained(tiny_teacher)
     blocks = tokenize_blocks(["the cat sat on the mat. " * 50, "a dog ran."], tok, 16)
     assert blocks.dtype == np.int32 and blocks.shape[1] == 16 and len(blocks) >= 3
-    assert tok.eos_token_id in blocks  # documents are separated by EOS
     train, val = split_blocks(blocks, 0.25)
-    assert len(train) + len(val) == len(blocks) and len(val) >= 1
-    np.testing.assert_array_equal(val, blocks[len(train):])
+    assert len(train) + len(val) == len(blocks) and len(val) == round(len(blocks) * 0.25)
+    assert (val == blocks[-len(val):]).all()  # the tail is held out
     with pytest.raises(ConfigError, match="need at least 2"):
         split_blocks(blocks[:1], 0.5)
+
+
+def test_token_blocks_slice_together():
+    b = TokenBlocks(np.arange(12).reshape(3, 4), np.ones((3, 4), np.uint8), np.full((3, 4), 2.0), np.arange(3))
+    part = b[1:]
+    assert len(part) == 2 and part.ids[0, 0] == 4 and part.weight.shape == (2, 4) and list(part.index) == [1, 2]

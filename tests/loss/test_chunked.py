@@ -131,8 +131,9 @@ def test_custom_row_loss_and_argument_checks():
         chunked_linear_loss(ce, h, w, None, 0, target=target)
 
 
-@pytest.mark.parametrize("chunk_size,dynamic", [(1, False), (20, False), (20, True)])
-def test_objective_chunked_over_sequences_matches_full_logits(chunk_size, dynamic):
+@pytest.mark.parametrize("chunk_size,dynamic,masked", [(1, False, False), (20, False, False), (20, True, False),
+                                                      (1, False, True), (20, True, True)])
+def test_objective_chunked_over_sequences_matches_full_logits(chunk_size, dynamic, masked):
     """The training loop's chunked path (raykd/train/chunked_objective.py) == Objective.compute_loss."""
     import numpy as np
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -155,6 +156,9 @@ def test_objective_chunked_over_sequences_matches_full_logits(chunk_size, dynami
     offsets = np.arange(0, b * (width - 1) + 1, width - 1)
     signals = signals_from_logprobs(t_lp, ids[:, 1:].reshape(-1).numpy(), offsets, 20)
     weights = np.random.default_rng(0).uniform(0.5, 2.0, (b, width)).astype(np.float32)
+    mask = None
+    if masked:  # the data's loss mask: prompts of different lengths, one sequence with nothing trained
+        mask = (np.arange(width)[None, :] >= np.array([[2], [5], [width], [1], [7]])).astype(np.uint8)
 
     def run(chunked: bool):
         model.zero_grad()
@@ -163,9 +167,9 @@ def test_objective_chunked_over_sequences_matches_full_logits(chunk_size, dynami
             out = model(input_ids=ids, **CHUNKED_FORWARD_KWARGS)
             assert out.logits.numel() == 0
             loss, metrics = chunked_objective_loss(objective, model.lm_head.weight, 3, out, ids, signals, weights,
-                                                   chunk_size)
+                                                   chunk_size, mask)
         else:
-            loss, metrics = objective.compute_loss(3, model(input_ids=ids), ids, signals, weights)
+            loss, metrics = objective.compute_loss(3, model(input_ids=ids), ids, signals, weights, mask)
         loss.backward()
         assert len(objective.step_values) == 1
         return loss.item(), metrics, [p.grad.clone() for p in model.parameters()]

@@ -87,20 +87,33 @@ def test_feedback_weights_scale_each_samples_loss(student):
     assert obj.compute_loss(0, out, ids, sig, w)[0].item() == pytest.approx(base.item(), rel=1e-6)
 
 
-def test_seqkd_prompt_rows_are_masked(student):
-    cfg = load_config(DistillConfig, None, ["loss.top_k=8", "loss.alpha=0", "seqkd.enabled=true",
-                                            "seqkd.prompt_tokens=4", "data.seq_len=16"])
+def test_the_data_loss_mask_keeps_prompt_tokens_out_of_every_term(student):
+    """Row j is trained iff token j + 1 is (mask[:, 1:]): prompt / user tokens get no loss, hard or soft."""
+    cfg = load_config(DistillConfig, None, ["loss.top_k=8"])
     ids, sig = _batch(length=10, seed=3)
+    mask = np.zeros(ids.shape, np.uint8)
+    mask[:, 4:] = 1  # tokens 0..3 are the prompt: rows 3..8 predict the answer tokens 4..9
+    obj = Objective(cfg, student.config, use_teacher=True)
     out = student(input_ids=ids)
-    loss, _ = Objective(cfg, student.config, use_teacher=False).compute_loss(0, out, ids, None)
-    logits = out.logits[:, 3:-1].reshape(-1, V)  # rows 3..8 predict tokens 4..9 (the continuation)
-    expected = torch.nn.functional.cross_entropy(logits, ids[:, 4:].reshape(-1))
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
-    cfg_all = load_config(DistillConfig, None, ["loss.alpha=0", "seqkd.enabled=true", "seqkd.prompt_tokens=4",
-                                                "data.seq_len=16", "seqkd.loss_on_prompt=true"])
-    loss_all, _ = Objective(cfg_all, student.config, use_teacher=False).compute_loss(0, out, ids, None)
-    everything = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, V), ids[:, 1:].reshape(-1))
-    assert loss_all.item() == pytest.approx(everything.item(), rel=1e-6)
+    loss, m = obj.compute_loss(0, out, ids, sig, None, mask)
+    rows = np.ones((3, 9), bool)
+    rows[:, :3] = False
+    keep = torch.as_tensor(rows.reshape(-1))
+    flat = out.logits[:, :-1].reshape(-1, V)
+    ref, soft, hard = distill_loss(flat[keep], ids[:, 1:].reshape(-1)[keep], alpha=0.5, temperature=2.0,
+                                   topk_ids=torch.as_tensor(sig.topk_ids)[keep],
+                                   topk_logprobs=torch.as_tensor(sig.topk_logprobs)[keep],
+                                   tail_logprob=torch.as_tensor(sig.tail_logprob)[keep])
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6) and m["loss_hard"] == pytest.approx(hard.item(), rel=1e-6)
+    # No gradient reaches a prompt position's logits.
+    logits = out.logits.detach().requires_grad_(True)
+    obj.compute_loss(0, type(out)(logits=logits), ids, sig, None, mask)[0].backward()
+    assert logits.grad[:, :3].abs().sum() == 0 and logits.grad[:, 3:-1].abs().sum() > 0
+    # Mask and weights combine: a zero-weight record still counts in the mean (weights are not renormalised).
+    w = np.ones(ids.shape, np.float32)
+    w[0] = 0
+    part, _ = obj.compute_loss(0, out, ids, sig, w, mask)
+    assert 0 < part.item() < loss.item()
 
 
 def test_schedules_are_applied_per_step_and_logged(student):

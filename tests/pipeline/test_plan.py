@@ -62,7 +62,16 @@ def test_plan_checks_every_stage_and_builds_eval_sets(tiny_teacher, tmp_path, ra
     assert sets.general.shape == (4, 64) and sets.domain.shape == (4, 64)
     assert len(sets.em_prompts) == 2 and all(g is not None for g in sets.em_gold)
     # The general set is trained on, so eval uses its held-out tail: no eval row occurs in training blocks.
-    train_rows = {r.tobytes() for r in plan.stages[0].prep.train}
+    from raykd.data.blocks import held_out_count, pack_in_process
+    from raykd.data.ingest import pad_id
+    from raykd.data.records import RecordEncoder
+
+    stage0 = plan.stages[0]  # its training blocks, packed as the Ray Data ingest packs them
+    blocks = pack_in_process(stage0.cfg.data, RecordEncoder(plan.tokenizer, stage0.cfg.data), pad_id(plan.tokenizer),
+                             stage0.prep.chunks)[0].ids
+    train = blocks[: len(blocks) - held_out_count(len(blocks), stage0.cfg.data.val_fraction, 64)]
+    train_rows = {r.tobytes() for r in train}
     assert not any(r.tobytes() in train_rows for r in sets.general)
+    assert (sets.general == blocks[len(train) : len(train) + 4]).all()  # the first held-out blocks
     assert Path(plan.sources["math_test"]).name == "math-40-12.jsonl"
     check_pipeline(cfg)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from raykd.config import ConfigError, DistillConfig, SeqKDConfig, load_config
+from raykd.data.blocks import TokenBlocks
 from raykd.train.seqkd import prompts_of, teacher_sequences
 
 
@@ -39,26 +40,34 @@ def backend(tiny_teacher):
 
 
 def test_teacher_writes_the_training_sequences(backend):
-    blocks = np.random.default_rng(0).integers(0, backend.vocab_size, (5, 24)).astype(np.int32)
+    ids = np.random.default_rng(0).integers(0, backend.vocab_size, (5, 24)).astype(np.int32)
     weights = np.repeat(np.array([[1.0], [2.0], [0.0], [0.5], [3.0]], np.float32), 24, 1)
+    data_mask = np.ones((5, 24), np.uint8)
     cfg = SeqKDConfig(enabled=True, prompt_tokens=6, max_new_tokens=10, max_prompts=4, request_prompts=3)
     lines = []
-    tokens, w = teacher_sequences(local_handle(backend), blocks, weights, cfg, lines.append)
+    out = teacher_sequences(local_handle(backend), TokenBlocks(ids, data_mask, weights), cfg, lines.append)
+    tokens, w = out.ids, out.weight
     assert tokens.shape == (4, 16) and tokens.dtype == np.int32
-    assert (tokens[:, :6] == blocks[:4, :6]).all()  # prompts kept
-    greedy = backend.generate([blocks[2, :6]], 10).tokens[0]
+    assert (tokens[:, :6] == ids[:4, :6]).all()  # prompts kept
+    greedy = backend.generate([ids[2, :6]], 10).tokens[0]
     assert (tokens[2, 6:] == greedy).all()  # continuation = the teacher's greedy text
     assert w.shape == (4, 16) and (w[:, 0] == [1.0, 2.0, 0.0, 0.5]).all() and (w == w[:, :1]).all()
+    # The one loss mask: the continuation is trained, the prompt is not (loss_on_prompt keeps the data's mask).
+    assert (out.mask[:, :6] == 0).all() and (out.mask[:, 6:] == 1).all()
+    on_prompt = teacher_sequences(local_handle(backend), TokenBlocks(ids, data_mask, None),
+                                  cfg.model_copy(update={"loss_on_prompt": True}), lines.append)
+    assert on_prompt.mask[:, 0].sum() == 0 and on_prompt.mask[:, 1:].all()
     assert any("prompts/s" in line and "eta" in line for line in lines)  # progress with rate and ETA
 
 
 def test_short_continuations_are_dropped_and_reported(backend):
-    blocks = np.random.default_rng(1).integers(0, backend.vocab_size, (3, 12)).astype(np.int32)
+    ids = np.random.default_rng(1).integers(0, backend.vocab_size, (3, 12)).astype(np.int32)
     cfg = SeqKDConfig(enabled=True, prompt_tokens=4, max_new_tokens=5, request_prompts=8)
     lines = []
-    tokens, w = teacher_sequences(local_handle(backend, cut=1), blocks, None, cfg, lines.append)
-    assert tokens.shape == (2, 9) and w is None
-    assert (tokens[:, :4] == blocks[[0, 2], :4]).all()
+    out = teacher_sequences(local_handle(backend, cut=1), TokenBlocks(ids, np.ones_like(ids, np.uint8)), cfg,
+                            lines.append)
+    assert out.ids.shape == (2, 9) and out.weight is None
+    assert (out.ids[:, :4] == ids[[0, 2], :4]).all()
     assert any("dropped 1 of 3" in line for line in lines)
 
 
@@ -69,7 +78,7 @@ def test_config_and_errors():
     with pytest.raises(ConfigError, match="seqkd.prompt_tokens=200 must be < data.seq_len=128"):
         load_config(DistillConfig, None, ["seqkd.enabled=true", "seqkd.prompt_tokens=200"])
     with pytest.raises(ConfigError, match="must be < the sequence length"):
-        prompts_of(np.zeros((2, 8), np.int32), SeqKDConfig(prompt_tokens=8))
+        prompts_of(TokenBlocks(np.zeros((2, 8), np.int32), np.ones((2, 8), np.uint8)), SeqKDConfig(prompt_tokens=8))
 
 
 def test_seqkd_longer_than_the_teacher_fails_up_front(tiny_teacher):
