@@ -226,7 +226,7 @@ class BlockData:
     # ------------------------------------------------------------------ reading blocks back
     def blocks(self, lo: int, hi: int):
         """Ray Dataset of the blocks lo <= g < hi, in order: columns index, ids, mask(, weight)."""
-        return self.chunks.map_batches(_explode, batch_format="pyarrow", batch_size=None,
+        return self.chunks.map_batches(_explode, batch_format="pyarrow", batch_size=None, num_cpus=0,
                                        fn_kwargs=dict(offsets=self.offsets, lo=lo, hi=hi, seq_len=self.seq_len))
 
     def take(self, lo: int, hi: int) -> TokenBlocks:
@@ -253,7 +253,9 @@ def window_rows(chunks, offsets: np.ndarray, n_train: int, seq_len: int, rank: i
                 first_step: int, end_step: int):
     """`BlockData.window_rows` on the chunk dataset itself (what a Train DataConfig receives)."""
     per_step = batch * world
-    return chunks.map_batches(_positions, batch_format="pyarrow", batch_size=16, fn_kwargs=dict(
+    # num_cpus=0: a scan of the object store that keeps a few rows; it must run while the Train workers (and a
+    # teacher) hold every CPU of the cluster, as they do in a run sized to its cores.
+    return chunks.map_batches(_positions, batch_format="pyarrow", batch_size=16, num_cpus=0, fn_kwargs=dict(
         offsets=offsets, n=n_train, seed=seed, lo=first_step * per_step, hi=end_step * per_step, batch=batch,
         world=world, rank=rank, seq_len=seq_len))
 
