@@ -55,3 +55,18 @@ def test_empty_dataset(tmp_path, tiny_teacher):
 def test_teacher_student_vocab_mismatch(tmp_path, tiny_teacher, other_vocab_teacher):
     proc = _run(tmp_path, f"teacher.path={tiny_teacher}", f"student.path={other_vocab_teacher}")
     _assert_clean_failure(proc, tmp_path, "student.path: vocab_size 320 differs from the teacher's 384")
+
+
+def test_chat_data_errors_name_the_setting_or_the_record(tmp_path, tiny_teacher):
+    """Chat data on a tokenizer without a chat template: one line naming data.chat_template; a malformed record:
+    one line naming its file, line and problem (before any teacher or cluster work)."""
+    good = tmp_path / "chat.jsonl"
+    good.write_text('{"question": "What is 2 plus 3?", "answer": "#### 5"}\n' * 40)
+    chat = ["data.format=chat", "data.chat_fields={user: question, assistant: answer}"]
+    proc = _run(tmp_path, f"teacher.path={tiny_teacher}", f"data.source={good}", *chat)
+    _assert_clean_failure(proc, tmp_path, "data.chat_template: ")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+                   '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]}\n')
+    proc = _run(tmp_path, f"teacher.path={tiny_teacher}", f"data.source={bad}", "data.format=chat")
+    _assert_clean_failure(proc, tmp_path, f"{bad}:2: message 1 (assistant) has no 'content' string")

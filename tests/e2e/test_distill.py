@@ -7,6 +7,7 @@ The first two join the session cluster and its teacher (tests/e2e/conftest.py); 
 embedded cluster, killed with its driver like a lost machine.
 """
 
+import json
 import os
 import re
 import signal
@@ -135,7 +136,7 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path, tiny_teacher):
     cmd = [sys.executable, "-m", "raykd.cli", "distill", "--config", str(QUICKSTART), "run_name=resume",
            f"teacher.path={tiny_teacher}", *TINY_DISTILL, "train.max_steps=150", "train.log_every=5",
            "train.checkpoint_every=10", "eval.baseline=false", "mlflow.experiment=e2e"]
-    env = own_cluster_env(tmp_path)
+    env = {**own_cluster_env(tmp_path), "RAYKD_BATCH_TRACE": str(tmp_path / "trace")}  # every step's blocks
     ckpt_root = tmp_path / "cache" / "runs" / "resume"
     first_log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=first_log, stderr=subprocess.STDOUT,
@@ -166,3 +167,25 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path, tiny_teacher):
     # nothing before it was trained again, and the history reaches the end.
     resumed = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss") if m.timestamp >= restart)
     assert resumed[0] == resumed_step + 5 and resumed[-1] == 150, resumed
+
+    # Every sample the uninterrupted run trains on was trained on: the killed run's steps before the checkpoint
+    # and the resumed run's from it cover every (step, worker), each with the blocks of the seeded order
+    # (raykd/data/order.py; tests/e2e/test_data.py checks the Ray Data path yields exactly that order).
+    from raykd.data.order import batch_indices
+
+    n_train = int(runs[0].data.metrics["data_train_blocks"])
+    seen: dict[tuple[int, int], list[list[int]]] = {}
+    for f in (tmp_path / "trace").glob("rank*.jsonl"):
+        for line in f.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:  # the line the SIGKILL cut short
+                continue
+            seen.setdefault((r["step"], r["rank"]), []).append(r["index"])
+    assert sorted(seen) == [(s, r) for s in range(150) for r in range(2)]
+    for r in range(2):
+        order = batch_indices(n_train, 8, 2, r, 0, 0)
+        for s in range(150):
+            expected = next(order).tolist()
+            assert all(got == expected for got in seen[(s, r)]), (s, r)
+        assert len(seen[(resumed_step, r)]) >= 1 and all(len(seen[(s, r)]) == 1 for s in range(resumed_step))
