@@ -36,7 +36,7 @@ QUIET_ENV = {
 # "Application ... is ready", Tune's trial tables) are for --verbose. The token-auth notice is a warning Ray
 # prints on every embedded start; it says nothing about this run.
 QUIET_LOGGERS = {"ray": logging.WARNING, "ray.serve": logging.WARNING, "ray.train": logging.WARNING,
-                 "ray.tune": logging.WARNING, "ray.data": logging.WARNING,
+                 "ray.tune": logging.WARNING, "ray.data": logging.ERROR,
                  "ray._private.authentication.authentication_token_setup": logging.ERROR}
 
 
@@ -45,6 +45,7 @@ def quiet_ray_loggers() -> None:
     when imported, so it is imported first."""
     if is_verbose():
         return
+    import ray.data  # noqa: F401 - importing Ray Data sets its loggers to DEBUG with a stderr handler
     import ray.serve  # noqa: F401
 
     for name, level in QUIET_LOGGERS.items():
@@ -79,12 +80,14 @@ def init_ray(logical_cpus_needed: float) -> bool:
         _remember_log_dir()
         return False
     verbose = is_verbose()
-    env = {"env_vars": QUIET_ENV}
+    # RAYKD_BATCH_TRACE (raykd/train/batches.py) goes to the workers too, also on a cluster this process joins.
+    forward = {k: os.environ[k] for k in ("RAYKD_BATCH_TRACE",) if k in os.environ}
+    env = {"env_vars": {**QUIET_ENV, **forward}}
     address = os.environ.get("RAY_ADDRESS")
     if address:
         # Under `ray job submit` Ray merges this with the job's runtime env and refuses a variable both set
         # (e.g. TOKENIZERS_PARALLELISM in --runtime-env-json): the job's value wins.
-        env = {"env_vars": {k: v for k, v in QUIET_ENV.items() if k not in _job_env_vars()}}
+        env = {"env_vars": {k: v for k, v in env["env_vars"].items() if k not in _job_env_vars()}}
         ray.init(address=address, runtime_env=env, logging_level=logging.WARNING, log_to_driver=verbose)
         _remember_log_dir()
         return False

@@ -23,6 +23,7 @@ order as the in-process reference `batch_indices` over `pack_in_process` (tests/
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,9 +119,15 @@ def ingest(cfg: DataConfig, tokenizer_path: str, template: str | None, chunks: l
     cpus = int(ray.cluster_resources().get("CPU", 1))
     actors = max(1, min(len(chunks), max_actors or cpus))
     ds = ray.data.from_items([c.to_dict() for c in chunks], override_num_blocks=len(chunks))
-    ds = ds.map_batches(EncodeChunks, fn_constructor_kwargs=dict(tokenizer_path=tokenizer_path,
-                                                                 data=cfg.model_dump(), template=template),
-                        batch_size=1, batch_format="pyarrow", concurrency=(1, actors), num_cpus=1)
+    with warnings.catch_warnings():  # Ray 2.60 deprecates max_restarts as a keyword of map_batches; no named one yet
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        ds = ds.map_batches(EncodeChunks, fn_constructor_kwargs=dict(tokenizer_path=tokenizer_path,
+                                                                     data=cfg.model_dump(), template=template),
+                            batch_size=1, batch_format="pyarrow",
+                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors), num_cpus=1,
+                            # no restarts: a lost actor fails the ingest (re-run it) instead of Ray printing that
+                            # a restart could not rebuild it (its constructor arguments live in the object store)
+                            max_restarts=0)
     stats_of = ray.remote(num_cpus=0)(_chunk_stats)
     total_bytes = sum(c.nbytes for c in chunks) or 1
     bytes_of = {c.index: c.nbytes for c in chunks}

@@ -84,7 +84,7 @@ def test_ray_data_yields_the_in_process_blocks_in_the_seeded_order(ray_cluster, 
     data = ingest(cfg, str(tiny_teacher), template, chunks, max_actors=2)
     assert data.stats == stats and data.n_blocks == len(ref["ids"])
     if fmt == "chat":
-        assert stats.too_long == 1 and "1 record(s) longer than 512 tokens dropped" in data.describe()
+        assert stats.too_long >= 1 and f"{stats.too_long} record(s) longer than 512 tokens dropped" in data.describe()
     got = data.take(0, data.n_blocks)
     assert np.array_equal(got.ids, ref["ids"]) and np.array_equal(got.mask, ref["mask"])
     assert got.index.tolist() == list(range(data.n_blocks))
@@ -128,19 +128,20 @@ def test_gsm8k_as_chat_trains_on_the_answers_and_the_teacher_scores_the_rendered
     proc = subprocess.run(
         [sys.executable, "-m", "raykd.cli", "distill", "--config", str(GSM8K_CHAT), "run_name=chat",
          f"teacher.path={tiny_teacher}", f"data.source={src}", f"data.chat_template={template}", "data.seq_len=512",
-         "data.val_fraction=0.1", "student.num_layers=1", "train.batch_size=4", "train.max_steps=6",
+         "data.val_fraction=0.1", "student.num_layers=1", "train.batch_size=4", "train.max_steps=4",
          "train.warmup_steps=2", "train.log_every=2", "eval.baseline=false", "eval.max_sequences=8",
          "eval.gen_tokens=8", "eval.gen_prompts=2", f"signals.cache_dir={cache}", "mlflow.experiment=e2e"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    assert "1 record(s) longer than 512 tokens dropped (longest" in proc.stderr, proc.stderr
-
     tokenizer = AutoTokenizer.from_pretrained(tiny_teacher)
     cfg = DataConfig(source=str(src), format="chat", chat_fields=FIELDS, chat_template=RAYKD_CHAT_TEMPLATE,
                      seq_len=512, val_fraction=0.1)
     _, ref, stats = _reference(cfg, tokenizer, RAYKD_CHAT_TEMPLATE)
+    assert stats.too_long >= 1
+    assert f"{stats.too_long} record(s) longer than 512 tokens dropped (longest" in proc.stderr, proc.stderr
+    assert all(line.startswith("[raykd") for line in proc.stderr.splitlines()), proc.stderr  # no Ray internals
     lines = [json.loads(line) for f in sorted(trace.glob("rank*.jsonl")) for line in f.read_text().splitlines()]
-    assert sorted((r["step"], r["rank"]) for r in lines) == [(s, r) for s in range(6) for r in range(2)]
+    assert sorted((r["step"], r["rank"]) for r in lines) == [(s, r) for s in range(4) for r in range(2)]
     trained = sorted({i for r in lines for i in r["index"]})
 
     answers = {r["answer"] + tokenizer.eos_token for r in records}
@@ -164,7 +165,8 @@ def test_gsm8k_as_chat_trains_on_the_answers_and_the_teacher_scores_the_rendered
 
     client = MlflowClient(cluster_env["MLFLOW_TRACKING_URI"])
     run = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])[0]
-    assert run.data.metrics["data_records_too_long"] == stats.too_long == 1
+    assert run.data.metrics["data_records_too_long"] == stats.too_long
     assert run.data.metrics["data_records"] == len(records)
     assert run.data.metrics["data_trained_tokens"] < run.data.metrics["data_tokens"]  # the prompts are not trained
-    assert np.isfinite(run.data.metrics["eval_kd_student_heldout_loss"]) and np.isfinite(run.data.metrics["eval_teacher_heldout_loss"])
+    assert np.isfinite(run.data.metrics["eval_kd_student_heldout_loss"])
+    assert np.isfinite(run.data.metrics["eval_teacher_heldout_loss"])
