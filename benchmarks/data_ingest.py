@@ -11,6 +11,7 @@
      in the same seeded order. Alternated over 3 seeds; the ratio is reported per seed (goal: >= 0.95).
 
     python benchmarks/data_ingest.py                    # ~10 min on 2 cores
+    python benchmarks/data_ingest.py --sizes 2 20       # another 10x (a loaded machine: 10 -> 100 MB is slow)
     python benchmarks/data_ingest.py --quick            # 1 and 5 MB, short training: a smoke run
 
 Writes benchmarks/results/data_ingest.json and data_ingest.md (date, machine, command, load average).
@@ -286,6 +287,8 @@ def write(results: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--sizes", type=int, nargs=2, default=(10, 100), metavar=("SMALL_MB", "LARGE_MB"),
+                    help="the two data set sizes (default 10 and 100 MB)")
     ap.add_argument("--workdir", default="/tmp/raykd-data-bench")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -300,9 +303,10 @@ def main() -> None:
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    sizes = (1, 5) if args.quick else (10, 100)
+    sizes = (1, 5) if args.quick else tuple(args.sizes)
     results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
-               "command": "python benchmarks/data_ingest.py" + (" --quick" if args.quick else ""),
+               "command": "python benchmarks/data_ingest.py" + (" --quick" if args.quick else "")
+               + (f" --sizes {sizes[0]} {sizes[1]}" if not args.quick and sizes != (10, 100) else ""),
                "load_start": load()}
     t_path = teacher()
     files = [text_file(work, mb) for mb in sizes]
