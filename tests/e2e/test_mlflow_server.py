@@ -24,6 +24,11 @@ from tests.pipeline.tiny_pipeline import tiny_pipeline
 pytestmark = pytest.mark.slow
 
 
+# MLflow 3's server also starts a job runner with seven `huey` consumer processes (for its GenAI jobs, which
+# raykd does not use); on 2 cores their start-up takes minutes and competes with the test's own work.
+SERVER_ENV = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -40,7 +45,7 @@ def mlflow_server(tmp_path_factory):
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
          "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"],
-        stdout=(root / "server.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=(root / "server.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True, env=SERVER_ENV,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -175,7 +180,7 @@ def test_mlflow_server_runs_with_the_manifest_arguments(tmp_path):
                  "artifacts-destination": str(tmp_path / "artifacts")})
     argv = ["mlflow", "server"] + [f"--{k}={v}" if v else f"--{k}" for k, v in args.items()]
     log = open(tmp_path / "mlflow-server.log", "wb")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=SERVER_ENV)
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 600  # seconds normally; minutes on a 2-core machine under load
