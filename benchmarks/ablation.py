@@ -3,7 +3,7 @@
     python benchmarks/ablation.py                       # <= 25 min on 2 shared CPU cores
     python benchmarks/ablation.py --steps 20 --seeds 1  # a quick look
 
-Text: tinyshakespeare (/work/shared/data): the first 90 % trains the teacher and the students, the last
+Text: tinyshakespeare (../shared/data beside the repository, or --text FILE): the first 90 % trains the teacher and the students, the last
 10 % is held out. Teacher: a Llama trained here on that text (byte-level BPE from raykd.teacher.build,
 4 layers x 128 wide, --teacher-steps steps of 16 x 128 tokens; cached under $RAYKD_CACHE/bench). Every student is derived from it exactly as
 `raykd distill` does (2 layers picked uniformly, width 64 sliced from the teacher's, raykd.models), trains
@@ -35,7 +35,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-TEXT = Path("/work/shared/data/tinyshakespeare/input.txt")
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from shared_paths import add_text_argument, public_name, read_text  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 
 # method name -> DistillConfig overrides on top of BASE (loss.alpha 0.5, T 2, forward KL, top-20 + bucket)
@@ -175,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--teacher-steps", type=int, default=300)
     ap.add_argument("--vocab", type=int, default=2048)
+    add_text_argument(ap)
     ap.add_argument("--only", nargs="*", help="run these methods only (names as in the table)")
     args = ap.parse_args(argv)
 
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(default_threads())
     log(f"{torch.get_num_threads()} torch thread(s); load average {os.getloadavg()[0]:.1f}")
     t_start = time.monotonic()
-    text = TEXT.read_text()
+    text = read_text(args.text)
     split = int(len(text) * 0.9)
     teacher_dir = build_teacher(text[:split], default_cache_dir() / "bench" / f"shakespeare-v{args.vocab}-s{args.teacher_steps}",
                                 args.vocab, args.teacher_steps, args.seq_len)
@@ -251,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = "python benchmarks/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
     machine = (f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs (load average "
                f"{os.getloadavg()[0]:.1f} at the end), {platform.python_version()}, torch {torch.__version__}, no GPU")
-    record = {"command": cmd.strip(), "machine": machine, "elapsed_s": elapsed, "teacher_dir": str(teacher_dir),
+    record = {"command": cmd.strip(), "machine": machine, "elapsed_s": elapsed, "teacher_dir": public_name(teacher_dir),
               "teacher_heldout_loss": teacher_loss, "settings": vars(args), "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "ablation.json").write_text(json.dumps(record, indent=2) + "\n")

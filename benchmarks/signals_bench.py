@@ -121,7 +121,7 @@ def bench_format(ks: list[int], n_seqs: int) -> dict:
             rows.append(row)
             log(f"format vocab={vocab} k={k}: {row['unpacked']:.1f} -> arrow {row['arrow']:.1f}, "
                 f"ipc {row['ipc']:.1f}, parquet {row['parquet']:.1f} bytes/token")
-    return {"teacher": teacher, "sequences": len(blocks), "seq_len": 128, "rows": rows}
+    return {"teacher": Path(teacher).name, "sequences": len(blocks), "seq_len": 128, "rows": rows}
 
 
 def batch_table(batch):

