@@ -47,9 +47,10 @@ class StudentConfig(StrictModel):
 
 
 class DataConfig(StrictModel):
-    """Text to distil on. `builtin` is generated in-process (no files needed)."""
+    """Text to distil on. `builtin` is generated in-process, `shakespeare` ships with raykd (no files needed)."""
 
-    source: str = Field("builtin", description="'builtin', a .txt file, or a .jsonl file.")
+    source: str = Field("builtin", description="'builtin' (generated), 'shakespeare' (the packaged text after the "
+                        "offline teacher's part), a .txt file, or a .jsonl file.")
     text_fields: list[str] = Field(
         default_factory=lambda: ["text"], description="jsonl fields joined (blank line) into one document."
     )
@@ -63,8 +64,15 @@ class DataConfig(StrictModel):
         "every token of the record carries it and its loss terms are multiplied by it; null: all 1.",
     )
 
+    task_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Share of the text that is task-suite problems (train split, seeded by "
+        "builtin_seed) mixed into a builtin, shakespeare or .txt source; 0: none.",
+    )
+
     @model_validator(mode="after")
     def _weights_need_jsonl(self) -> "DataConfig":
+        if self.task_fraction > 0 and self.source.endswith(".jsonl"):
+            raise ValueError("task_fraction mixes problems into one text: use builtin, shakespeare or a .txt source")
         if self.weight_field is not None and not self.source.endswith(".jsonl"):
             raise ValueError(f"weight_field needs a .jsonl source (records with a '{self.weight_field}' field)")
         return self
@@ -87,11 +95,29 @@ class TrainConfig(StrictModel):
     storage_path: str | None = Field(None, description="Checkpoints root; default <cache>/runs.")
 
 
+class TaskEvalConfig(StrictModel):
+    """Exact match on the task suite (raykd/data/task_suite.py) in the evaluation table."""
+
+    enabled: bool = Field(False, description="Score teacher and students by greedy exact match per level; useful "
+                          "when the teacher learnt the tasks (teacher.build.task_fraction > 0).")
+    levels: list[int] = Field(default_factory=lambda: [1, 2, 3, 4], min_length=1,
+                              description="Difficulty levels (1..4: digits that must all be right = 2 x level).")
+    per_level: int = Field(200, ge=1, description="Test prompts per level (level 1 has only 34).")
+
+    @model_validator(mode="after")
+    def _levels(self) -> "TaskEvalConfig":
+        bad = [lv for lv in self.levels if lv not in (1, 2, 3, 4)]
+        if bad:
+            raise ValueError(f"levels must be among 1..4, got {bad}")
+        return self
+
+
 class EvalConfig(StrictModel):
     baseline: bool = Field(True, description="Also train a hard-label-only student with the same budget and seed.")
     max_sequences: int = Field(64, ge=1, description="Held-out sequences to score.")
     gen_tokens: int = Field(64, ge=1, description="New tokens per prompt for the generation-speed measure.")
     gen_prompts: int = Field(4, ge=1)
+    tasks: TaskEvalConfig = Field(default_factory=TaskEvalConfig, description="Task-suite exact match columns.")
 
 
 class MlflowConfig(StrictModel):

@@ -55,8 +55,11 @@ _LOG_EVERY_S = 10.0
 
 def teacher_fingerprint(cfg: TinyTeacherConfig) -> str:
     """First 16 hex chars of sha256 over the canonical JSON of `cfg` and `TEACHER_FORMAT`."""
-    # `moe: null` is left out so that dense teachers keep the fingerprints they had before MoE existed.
-    dump = cfg.model_dump(mode="json", exclude={"moe"} if cfg.moe is None else None)
+    # Fields at the defaults they had when they were added are left out, so that existing teachers keep
+    # their fingerprints (`moe: null`: dense; `corpus: builtin` and `task_fraction: 0`: the generated text only).
+    exclude = {name for name, default in (("moe", None), ("corpus", "builtin"), ("task_fraction", 0.0))
+               if getattr(cfg, name) == default}
+    dump = cfg.model_dump(mode="json", exclude=exclude or None)
     payload = json.dumps({"format": TEACHER_FORMAT, "cfg": dump}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -167,6 +170,22 @@ def _evaluate(model, train_ids, val_ids, seq_len: int, vocab_size: int) -> dict[
 
 
 # --------------------------------------------------------------------------------------------- build
+def teacher_text(cfg: TinyTeacherConfig) -> str:
+    """The pre-training text: `corpus_chars` of general text (generated, or the packaged Shakespeare's
+    teacher part), with task-suite problems mixed in when `task_fraction` > 0 (seeded by `cfg.seed`)."""
+    if cfg.corpus == "shakespeare":
+        from raykd.data.sources import shakespeare_text
+
+        text = shakespeare_text("teacher")[: cfg.corpus_chars]
+    else:
+        text = generate_corpus(cfg.corpus_chars, cfg.seed)
+    if cfg.task_fraction > 0:
+        from raykd.data.task_suite import TaskSuite, mix_with_tasks
+
+        text = mix_with_tasks(text, TaskSuite(), cfg.task_fraction, cfg.seed)
+    return text
+
+
 def default_threads() -> int:
     """os.cpu_count(), less the cores other processes keep busy (1-minute load average), at least 1.
 
@@ -208,11 +227,12 @@ def build_tiny_teacher(
              f"budget {duration(cfg.max_minutes * 60)})")
 
         t = time.monotonic()
-        text = generate_corpus(cfg.corpus_chars, cfg.seed)
+        text = teacher_text(cfg)
         timings["corpus"] = time.monotonic() - t
 
         t = time.monotonic()
-        tokenizer = train_tokenizer(text, cfg.vocab_size, cfg.max_position_embeddings)
+        tokenizer = train_tokenizer(text, cfg.vocab_size, cfg.max_position_embeddings,
+                                    split_digits=cfg.task_fraction > 0)
         timings["tokenizer"] = time.monotonic() - t
 
         t = time.monotonic()

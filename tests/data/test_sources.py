@@ -71,3 +71,21 @@ def test_prepare_carries_weights(tmp_path, tiny_teacher):
     prep = prepare(cfg)
     assert prep.train_weights.shape == prep.train.shape
     assert set(np.unique(prep.train_weights)) <= {0.0, 1.0, 2.0} and len(np.unique(prep.train_weights)) == 3
+
+
+def test_shakespeare_source_is_the_packaged_text_after_the_teachers_part():
+    from raykd.config.teacher import SHAKESPEARE_TEACHER_CHARS
+    from raykd.data.sources import shakespeare_text
+
+    whole = shakespeare_text("all")
+    assert len(whole) == 1_115_394 and whole.startswith("First Citizen:")  # the packaged file, intact
+    (text,), weights = load_weighted_texts(DataConfig(source="shakespeare"))
+    assert weights is None and text == shakespeare_text("student")
+    assert whole.index(text) == SHAKESPEARE_TEACHER_CHARS  # right after the teacher's part, no overlap
+    (mixed,), _ = load_weighted_texts(DataConfig(source="shakespeare", task_fraction=0.2, builtin_seed=1))
+    assert len(mixed) > len(text) * 1.2 and "99999999-" in mixed
+
+
+def test_task_fraction_needs_one_text():
+    with pytest.raises(ConfigError, match="task_fraction"):
+        load_config(DistillConfig, None, ["data.source=x.jsonl", "data.task_fraction=0.2"])

@@ -1,0 +1,61 @@
+"""Task-suite exact match for `raykd distill`'s table: teacher, KD student and hard-label student.
+
+    scores = score_task_suite(cfg, prep.teacher_path, handle, {"kd student": dir, ...})  # {name: TaskScore}
+    print(format_task_table(scores))          # raykd/eval/table.py: EM per level + retention vs the teacher
+
+Students are small: they are decoded in-process (batched greedy, raykd/data/task_suite.py). The teacher is
+decoded in-process only when it is raykd's offline tiny teacher (`teacher.path: null`, ~1M parameters);
+any other teacher is never loaded into the driver: its greedy completions come from its Serve deployment
+(`generate`, the same code as the table's generation speed) and are scored with the same scorer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from raykd.config import DistillConfig
+from raykd.data.task_suite import Problem, TaskScore, TaskSuite, max_new_tokens, score_completions, score_model
+
+
+def task_items(cfg: DistillConfig) -> list[Problem]:
+    """The test split's problems the table scores (`eval.tasks.per_level` per level, seeded by 0: the same
+    prompts for every run and seed, so rows and runs compare)."""
+    return TaskSuite(levels=tuple(cfg.eval.tasks.levels)).test_items(cfg.eval.tasks.per_level, seed=0)
+
+
+def _load(model_dir: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return (AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32"), AutoTokenizer.from_pretrained(model_dir))
+
+
+def score_served(handle, tokenizer, items: list[Problem]) -> TaskScore:
+    """Greedy completions from a Serve deployment (`handle.generate`), one call per token budget."""
+    import numpy as np
+
+    completions = [""] * len(items)
+    groups: dict[int, list[int]] = {}
+    for j, p in enumerate(items):
+        groups.setdefault(max_new_tokens(p), []).append(j)
+    for budget, idx in sorted(groups.items()):
+        prompts = [np.asarray(tokenizer.encode(items[j].prompt, add_special_tokens=False), np.int64) for j in idx]
+        gen = handle.generate.remote(prompts, budget).result()
+        for j, toks in zip(idx, gen.tokens):
+            completions[j] = tokenizer.decode([int(t) for t in toks], skip_special_tokens=True)
+    return score_completions(items, completions)
+
+
+def score_task_suite(cfg: DistillConfig, teacher_path: str, handle, student_dirs: dict[str, Path]) -> dict[str, TaskScore]:
+    """{"teacher": ..., <student name>: ...} on `task_items(cfg)`."""
+    items = task_items(cfg)
+    model, tokenizer = _load(teacher_path) if cfg.teacher.path is None else (None, None)
+    if model is not None:
+        scores = {"teacher": score_model(model, tokenizer, items)}
+    else:
+        from transformers import AutoTokenizer
+
+        scores = {"teacher": score_served(handle, AutoTokenizer.from_pretrained(teacher_path), items)}
+    for name, d in student_dirs.items():
+        student, tok = _load(str(d))
+        scores[name] = score_model(student, tok, items)
+    return scores
