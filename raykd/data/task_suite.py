@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "END", "FAMILIES", "LEVELS", "Problem", "TaskScore", "TaskSuite", "greedy_complete",
-    "max_new_tokens", "mix_with_tasks", "parse_answer", "retention", "score_completions", "score_model", "split_of",
+    "max_new_tokens", "mix_with_tasks", "model_completions", "parse_answer", "retention", "score_completions", "score_model", "split_of",
 ]
 
 LEVELS = (1, 2, 3, 4)
@@ -307,8 +307,8 @@ def greedy_complete(model, tokenizer, prompts: Sequence[str], max_new: int, batc
     return out
 
 
-def score_model(model, tokenizer, items: Sequence[Problem], batch_size: int = 128) -> TaskScore:
-    """Greedy-decode every problem (batched by answer length, so budgets are tight) and score it."""
+def model_completions(model, tokenizer, items: Sequence[Problem], batch_size: int = 128) -> list[str]:
+    """Greedy completions of every problem, batched by answer length (so each batch's budget is tight)."""
     completions = [""] * len(items)
     groups: dict[int, list[int]] = {}
     for j, p in enumerate(items):
@@ -317,4 +317,9 @@ def score_model(model, tokenizer, items: Sequence[Problem], batch_size: int = 12
         texts = greedy_complete(model, tokenizer, [items[j].prompt for j in idx], budget, batch_size)
         for j, t in zip(idx, texts):
             completions[j] = t
-    return score_completions(items, completions)
+    return completions
+
+
+def score_model(model, tokenizer, items: Sequence[Problem], batch_size: int = 128) -> TaskScore:
+    """Greedy-decode every problem in-process and score it."""
+    return score_completions(items, model_completions(model, tokenizer, items, batch_size))

@@ -29,7 +29,7 @@ def _load(model_dir: str):
     return (AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32"), AutoTokenizer.from_pretrained(model_dir))
 
 
-def score_served(handle, tokenizer, items: list[Problem]) -> TaskScore:
+def served_completions(handle, tokenizer, items: list[Problem]) -> list[str]:
     """Greedy completions from a Serve deployment (`handle.generate`), one call per token budget."""
     import numpy as np
 
@@ -42,7 +42,7 @@ def score_served(handle, tokenizer, items: list[Problem]) -> TaskScore:
         gen = handle.generate.remote(prompts, budget).result()
         for j, toks in zip(idx, gen.tokens):
             completions[j] = tokenizer.decode([int(t) for t in toks], skip_special_tokens=True)
-    return score_completions(items, completions)
+    return completions
 
 
 def score_task_suite(cfg: DistillConfig, teacher_path: str, handle, student_dirs: dict[str, Path]) -> dict[str, TaskScore]:
@@ -54,7 +54,8 @@ def score_task_suite(cfg: DistillConfig, teacher_path: str, handle, student_dirs
     else:
         from transformers import AutoTokenizer
 
-        scores = {"teacher": score_served(handle, AutoTokenizer.from_pretrained(teacher_path), items)}
+        tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+        scores = {"teacher": score_completions(items, served_completions(handle, tokenizer, items))}
     for name, d in student_dirs.items():
         student, tok = _load(str(d))
         scores[name] = score_model(student, tok, items)
