@@ -102,13 +102,13 @@ def summarize(rows: list[dict]) -> dict:
     kd = [r["metrics"]["kd_loss"] for r in rows]
     hard = [r["metrics"]["hard_loss"] for r in rows]
     margins = [k - h for k, h in zip(kd, hard)]
-    sd = (lambda xs: statistics.stdev(xs)) if len(rows) > 1 else (lambda xs: float("nan"))
+    sd = statistics.stdev if len(rows) > 1 else (lambda xs: float("nan"))
     s = {"n": len(rows), "kd_mean": statistics.mean(kd), "kd_std": sd(kd), "hard_mean": statistics.mean(hard),
          "hard_std": sd(hard), "margin_mean": statistics.mean(margins), "margin_std": sd(margins),
          "teacher_loss": statistics.mean(r["metrics"]["teacher_loss"] for r in rows)}
-    s["ratio_to_2max_std"] = abs(s["margin_mean"]) / (2 * max(s["kd_std"], s["hard_std"]))
+    s["ratio_to_2max_std"] = abs(s["margin_mean"]) / (2 * max(s["kd_std"], s["hard_std"])) if len(rows) > 1 else float("nan")
     s["kd_better_every_seed"] = all(m < 0 for m in margins)
-    s["accepted"] = s["kd_better_every_seed"] and s["ratio_to_2max_std"] > 1
+    s["accepted"] = len(rows) >= 5 and s["kd_better_every_seed"] and s["ratio_to_2max_std"] > 1
     for short in MODELS:
         for suffix in [f"em_L{lv}" for lv in LEVELS] + ["em"]:
             vals = [r["metrics"].get(f"{short}_{suffix}") for r in rows]
@@ -150,7 +150,7 @@ def markdown(rows: list[dict], s: dict, meta: dict) -> str:
     lines += [
         "", f"Mean margin KD − hard {s['margin_mean']:+.4f} nats; larger seed std {max(s['kd_std'], s['hard_std']):.4f}; "
         f"|margin| / (2 × larger std) = {s['ratio_to_2max_std']:.1f}; KD better in every seed: "
-        f"{s['kd_better_every_seed']}. Acceptance (every seed, > 2 × std): **{'met' if s['accepted'] else 'NOT met'}**.",
+        f"{s['kd_better_every_seed']}. Acceptance (≥ 5 seeds, every seed, > 2 × std): **{'met' if s['accepted'] else 'NOT met'}**.",
     ]
     if "kd_em_L1" in s:
         lines.append(f"Retention (student EM / teacher EM, mean over seeds) L1..L4: KD {ret('kd')}, "
@@ -175,28 +175,37 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="raykd-qs-") as tmp:
         cache = Path(a.cache) if a.cache else Path(tmp) / "cache"
         store = Path(tmp)
-        rows = []
+        rows: list[dict] = []
         for seed in a.seeds:
             rows.append(run_seed(seed, cache, store, a.overrides, log))
             m = rows[-1]["metrics"]
             log(f"seed {seed}: KD {m['kd_loss']:.4f} hard {m['hard_loss']:.4f} ({m['kd_loss'] - m['hard_loss']:+.4f}) "
                 f"in {rows[-1]['wall_s']:.0f} s")
-        teacher_meta = next((cache / "teachers").glob("tiny-*/raykd_teacher.json"), None)
-        if teacher_meta is not None:
-            t = json.loads(teacher_meta.read_text())
-            meta["teacher"] = (f"offline tiny teacher {t['fingerprint']} ({t['num_parameters'] / 1e6:.2f}M parameters, "
-                               f"{t['steps']} pre-training steps, stopped by {t['stopped_by']}, held-out loss on its "
-                               f"own text {t['val_loss']:.3f}, built in {t['seconds']['total']:.0f} s)")
-            meta["teacher_build"] = {k: t[k] for k in ("fingerprint", "steps", "stopped_by", "val_loss", "seconds")}
-        else:
-            meta["teacher"] = "given by the overrides"
-    meta["load_end"] = load()
-    s = summarize(rows)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{a.name}.json").write_text(json.dumps({"meta": meta, "summary": s, "seeds": rows}, indent=1) + "\n")
-    (RESULTS / f"{a.name}.md").write_text(markdown(rows, s, meta))
+            if len(rows) == 1:
+                meta["teacher"], meta["teacher_build"] = describe_teacher(cache)
+            meta["load_end"] = load()
+            s = write(rows, meta, a.name)  # after every seed: a long run interrupted keeps what it measured
     log(f"wrote {RESULTS / a.name}.md: margin {s['margin_mean']:+.4f}, x(2 max std) {s['ratio_to_2max_std']:.1f}, "
         f"every seed {s['kd_better_every_seed']}")
+
+
+def describe_teacher(cache: Path) -> tuple[str, dict | None]:
+    found = next((cache / "teachers").glob("tiny-*/raykd_teacher.json"), None)
+    if found is None:
+        return "given by the overrides", None
+    t = json.loads(found.read_text())
+    text = (f"offline tiny teacher {t['fingerprint']} ({t['num_parameters'] / 1e6:.2f}M parameters, {t['steps']} "
+            f"pre-training steps, stopped by {t['stopped_by']}, held-out loss on its own text {t['val_loss']:.3f}, "
+            f"built in {t['seconds']['total']:.0f} s)")
+    return text, {k: t[k] for k in ("fingerprint", "steps", "stopped_by", "val_loss", "seconds")}
+
+
+def write(rows: list[dict], meta: dict, name: str) -> dict:
+    s = summarize(rows)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "summary": s, "seeds": rows}, indent=1) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown(rows, s, meta))
+    return s
 
 
 if __name__ == "__main__":
