@@ -67,9 +67,13 @@ def run_seed(seed: int, cache: Path, store: Path, extra: list[str], log) -> dict
     env.pop("RAY_ADDRESS", None)  # its own embedded cluster, as on a laptop
     fresh = not (cache / "teachers").exists()
     log(f"seed {seed}: {' '.join(cmd)}  (load {load()}{', empty cache' if fresh else ''})")
-    t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    wall = time.monotonic() - t0
+    for attempt in range(3):  # an overloaded machine can miss Ray's fixed raylet start-up window
+        t0 = time.monotonic()
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        wall = time.monotonic() - t0
+        if proc.returncode == 0 or "timed out during startup" not in proc.stderr:
+            break
+        log(f"seed {seed}: Ray did not start in time (load {load()}); again")
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit(f"seed {seed} failed (exit {proc.returncode})")
@@ -164,6 +168,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--cache", help="raykd cache to use (default: a fresh temporary one: the first seed builds the teacher)")
     p.add_argument("--name", default="quickstart_seeds", help="results file stem in benchmarks/results/")
+    p.add_argument("--teacher", help="an already built teacher directory (teacher.path) instead of the offline build")
     p.add_argument("overrides", nargs="*", help="extra key=value overrides for every seed")
     a = p.parse_args()
 
@@ -177,22 +182,24 @@ def main() -> None:
         store = Path(tmp)
         rows: list[dict] = []
         for seed in a.seeds:
-            rows.append(run_seed(seed, cache, store, a.overrides, log))
+            extra = [*a.overrides, *([f"teacher.path={a.teacher}"] if a.teacher else [])]
+            rows.append(run_seed(seed, cache, store, extra, log))
             m = rows[-1]["metrics"]
             log(f"seed {seed}: KD {m['kd_loss']:.4f} hard {m['hard_loss']:.4f} ({m['kd_loss'] - m['hard_loss']:+.4f}) "
                 f"in {rows[-1]['wall_s']:.0f} s")
             if len(rows) == 1:
-                meta["teacher"], meta["teacher_build"] = describe_teacher(cache)
+                meta["teacher"], meta["teacher_build"] = describe_teacher(Path(a.teacher) if a.teacher else cache)
             meta["load_end"] = load()
             s = write(rows, meta, a.name)  # after every seed: a long run interrupted keeps what it measured
     log(f"wrote {RESULTS / a.name}.md: margin {s['margin_mean']:+.4f}, x(2 max std) {s['ratio_to_2max_std']:.1f}, "
         f"every seed {s['kd_better_every_seed']}")
 
 
-def describe_teacher(cache: Path) -> tuple[str, dict | None]:
-    found = next((cache / "teachers").glob("tiny-*/raykd_teacher.json"), None)
+def describe_teacher(where: Path) -> tuple[str, dict | None]:
+    """The built teacher in a raykd cache, or a given teacher directory."""
+    found = next((where / "teachers").glob("tiny-*/raykd_teacher.json"), None)
     if found is None:
-        return "given by the overrides", None
+        return f"given: teacher.path={where}", None
     t = json.loads(found.read_text())
     text = (f"offline tiny teacher {t['fingerprint']} ({t['num_parameters'] / 1e6:.2f}M parameters, {t['steps']} "
             f"pre-training steps, stopped by {t['stopped_by']}, held-out loss on its own text {t['val_loss']:.3f}, "

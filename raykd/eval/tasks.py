@@ -3,10 +3,10 @@
     scores = score_task_suite(cfg, prep.teacher_path, handle, {"kd student": dir, ...})  # {name: TaskScore}
     print(format_task_table(scores))          # raykd/eval/table.py: EM per level + retention vs the teacher
 
-Students are small: they are decoded in-process (batched greedy, raykd/data/task_suite.py). The teacher is
-decoded in-process only when it is raykd's offline tiny teacher (`teacher.path: null`, ~1M parameters);
-any other teacher is never loaded into the driver: its greedy completions come from its Serve deployment
-(`generate`, the same code as the table's generation speed) and are scored with the same scorer.
+Students are small: they are decoded in-process (batched greedy, raykd/data/task_suite.py). So is a teacher
+that is a local directory of at most IN_PROCESS_MAX_PARAMS parameters (the offline tiny teacher has ~1M);
+any bigger one is never loaded into the driver: its greedy completions come from its Serve deployment
+(`generate`, one prompt at a time: slow, but a 70B teacher stays where it is) and are scored by the same scorer.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ from pathlib import Path
 
 from raykd.config import DistillConfig
 from raykd.data.task_suite import Problem, TaskScore, TaskSuite, max_new_tokens, score_completions, score_model
+
+
+IN_PROCESS_MAX_PARAMS = 100_000_000  # ~0.4 GB in float32: decoding it in the driver costs seconds
 
 
 def task_items(cfg: DistillConfig) -> list[Problem]:
@@ -47,10 +50,11 @@ def served_completions(handle, tokenizer, items: list[Problem]) -> list[str]:
 
 def score_task_suite(cfg: DistillConfig, teacher_path: str, handle, student_dirs: dict[str, Path]) -> dict[str, TaskScore]:
     """{"teacher": ..., <student name>: ...} on `task_items(cfg)`."""
+    from raykd.models import safetensors_param_count
+
     items = task_items(cfg)
-    model, tokenizer = _load(teacher_path) if cfg.teacher.path is None else (None, None)
-    if model is not None:
-        scores = {"teacher": score_model(model, tokenizer, items)}
+    if Path(teacher_path).is_dir() and 0 < safetensors_param_count(teacher_path) <= IN_PROCESS_MAX_PARAMS:
+        scores = {"teacher": score_model(*_load(teacher_path), items)}
     else:
         from transformers import AutoTokenizer
 
