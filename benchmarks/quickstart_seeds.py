@@ -132,10 +132,12 @@ def markdown(rows: list[dict], s: dict, meta: dict) -> str:
         f"- load average (1/5/15 min): {meta['load_start']} at the start, {meta['load_end']} at the end "
         "(a shared machine: other jobs ran; ratios inside one run are what count)",
         f"- command: `{meta['command']}` — per seed: `raykd distill --config {CONFIG} seed=N`",
-        f"- teacher: {meta['teacher']}",
-        f"- quickstart wall time with an empty cache (seed {rows[0]['seed']}, teacher build included): "
-        f"{rows[0]['wall_s'] / 60:.1f} min; later seeds (teacher cached): "
-        f"{later} min", "",
+        f"- teacher: {meta['teacher']}", *([f"- note: {meta['note']}"] if meta.get("note") else []),
+        (f"- quickstart wall time with an empty cache (seed {rows[0]['seed']}, teacher build included): "
+         f"{rows[0]['wall_s'] / 60:.1f} min; later seeds (teacher cached): {later} min" if rows[0].get("empty_cache")
+         and not meta["teacher"].startswith("given") else
+         "- wall time per seed (teacher given, not built): " + ", ".join(f"{r['wall_s'] / 60:.1f}" for r in rows) + " min"),
+        "",
         "Held-out loss (nats/token, 128 held-out sequences of 128 tokens; lower is better) and task-suite exact "
         "match per level L1..L4 (greedy decoding; 34 / 200 / 200 / 200 test prompts).", "",
         "| seed | teacher | KD student | hard-label student | KD − hard | EM L1..L4 teacher | EM L1..L4 KD | EM L1..L4 hard |",
@@ -169,13 +171,21 @@ def main() -> None:
     p.add_argument("--cache", help="raykd cache to use (default: a fresh temporary one: the first seed builds the teacher)")
     p.add_argument("--name", default="quickstart_seeds", help="results file stem in benchmarks/results/")
     p.add_argument("--teacher", help="an already built teacher directory (teacher.path) instead of the offline build")
+    p.add_argument("--note", help="a line for the results file (e.g. where a given teacher comes from)")
+    p.add_argument("--render", action="store_true", help="only rewrite the .md from the .json (after a code change)")
     p.add_argument("overrides", nargs="*", help="extra key=value overrides for every seed")
     a = p.parse_args()
 
     def log(msg: str) -> None:
         print(f"[quickstart_seeds {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
+    if a.render:
+        data = json.loads((RESULTS / f"{a.name}.json").read_text())
+        if a.note:
+            data["meta"]["note"] = a.note
+        write(data["seeds"], data["meta"], a.name)
+        return
+    meta = {"note": a.note, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
             "load_start": load(), "command": " ".join(["python", "benchmarks/quickstart_seeds.py", *sys.argv[1:]])}
     with tempfile.TemporaryDirectory(prefix="raykd-qs-") as tmp:
         cache = Path(a.cache) if a.cache else Path(tmp) / "cache"
