@@ -132,6 +132,7 @@ def markdown(rows: list[dict], s: dict, meta: dict) -> str:
         f"- load average (1/5/15 min): {meta['load_start']} at the start, {meta['load_end']} at the end "
         "(a shared machine: other jobs ran; ratios inside one run are what count)",
         f"- command: `{meta['command']}` — per seed: `raykd distill --config {CONFIG} seed=N`",
+        *[f"- failed attempt (not in the table): {f}" for f in meta.get("failed", [])],
         f"- teacher: {meta['teacher']}", *([f"- note: {meta['note']}"] if meta.get("note") else []),
         (f"- quickstart wall time with an empty cache (seed {rows[0]['seed']}, teacher build included): "
          f"{rows[0]['wall_s'] / 60:.1f} min; later seeds (teacher cached): {later} min" if rows[0].get("empty_cache")
@@ -172,6 +173,7 @@ def main() -> None:
     p.add_argument("--name", default="quickstart_seeds", help="results file stem in benchmarks/results/")
     p.add_argument("--teacher", help="an already built teacher directory (teacher.path) instead of the offline build")
     p.add_argument("--note", help="a line for the results file (e.g. where a given teacher comes from)")
+    p.add_argument("--resume", action="store_true", help="keep the seeds already in the results file, run the others")
     p.add_argument("--render", action="store_true", help="only rewrite the .md from the .json (after a code change)")
     p.add_argument("overrides", nargs="*", help="extra key=value overrides for every seed")
     a = p.parse_args()
@@ -191,13 +193,23 @@ def main() -> None:
         cache = Path(a.cache) if a.cache else Path(tmp) / "cache"
         store = Path(tmp)
         rows: list[dict] = []
+        if a.resume and (RESULTS / f"{a.name}.json").is_file():
+            data = json.loads((RESULTS / f"{a.name}.json").read_text())
+            rows, meta = data["seeds"], {**data["meta"], "command": data["meta"]["command"] + " + " + meta["command"]}
         for seed in a.seeds:
+            if any(r["seed"] == seed for r in rows):
+                continue
             extra = [*a.overrides, *([f"teacher.path={a.teacher}"] if a.teacher else [])]
-            rows.append(run_seed(seed, cache, store, extra, log))
+            try:
+                rows.append(run_seed(seed, cache, store, extra, log))
+            except SystemExit as e:  # one seed's failure (e.g. Ray's OOM killer on a shared machine) is reported
+                log(str(e))
+                meta.setdefault("failed", []).append(f"seed {seed}: {e} (load {load()})")
+                continue
             m = rows[-1]["metrics"]
             log(f"seed {seed}: KD {m['kd_loss']:.4f} hard {m['hard_loss']:.4f} ({m['kd_loss'] - m['hard_loss']:+.4f}) "
                 f"in {rows[-1]['wall_s']:.0f} s")
-            if len(rows) == 1:
+            if "teacher" not in meta:
                 meta["teacher"], meta["teacher_build"] = describe_teacher(Path(a.teacher) if a.teacher else cache)
             meta["load_end"] = load()
             s = write(rows, meta, a.name)  # after every seed: a long run interrupted keeps what it measured
