@@ -73,22 +73,27 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
             say("evaluating on held-out text")
             val = trained.source_data.take(trained.source_data.val_start,
                                            trained.source_data.val_start + cfg.eval.max_sequences)
-            table, rows = evaluate_all(cfg, prep, trained.handle, dirs, val)
+            table, rows, task_scores = evaluate_all(cfg, prep, trained.handle, dirs, val)
             print(table, flush=True)
             metrics = {}
             for row in rows:
-                metrics.update(row.as_metrics("eval_" + row.model.replace(" ", "_").replace("-", "_")))
+                prefix = "eval_" + row.model.replace(" ", "_").replace("-", "_")
+                metrics.update(row.as_metrics(prefix))
+                if row.model in task_scores:
+                    metrics.update(task_scores[row.model].as_metrics(prefix + "_task"))
             mlflow.log_metrics(metrics, run_id=run_id)
             mlflow.log_text(table, "eval_table.txt", run_id=run_id)
-            return {"run_id": run_id, "student_dir": str(trained.student_dir), "rows": rows, "table": table}
+            return {"run_id": run_id, "student_dir": str(trained.student_dir), "rows": rows, "table": table,
+                    "task_scores": task_scores}
         finally:
             shutdown_ray(started)
 
 
 def evaluate_all(cfg: DistillConfig, prep: Prepared, handle, student_dirs: dict[str, Path], val):
     """The teacher through its deployment, every student in-process, on the same held-out blocks `val`
-    (TokenBlocks): the positions the data's loss mask trains (chat: assistant tokens) are scored."""
-    from raykd.eval.table import format_table, teacher_row
+    (TokenBlocks): the positions the data's loss mask trains (chat: assistant tokens) are scored; with
+    `eval.tasks.enabled` also task-suite exact match (raykd/eval/tasks.py). Returns (table, rows, task scores)."""
+    from raykd.eval.table import add_task_scores, format_table, format_task_table, teacher_row
     from raykd.models import safetensors_param_count
 
     signals = handle.score.remote(list(val.ids), 1).result()
@@ -99,7 +104,14 @@ def evaluate_all(cfg: DistillConfig, prep: Prepared, handle, student_dirs: dict[
     top1 = np.asarray(signals.topk_ids[:, 0])
     for name, d in student_dirs.items():
         rows.append(student_row(name, str(d), val, top1, prompts, cfg.eval.gen_tokens))
-    return format_table(rows), rows
+    if not cfg.eval.tasks.enabled:
+        return format_table(rows), rows, {}
+    from raykd.eval.tasks import score_task_suite
+
+    say("scoring the task suite (greedy decoding, exact match)")
+    scores = score_task_suite(cfg, prep.teacher_path, handle, student_dirs)
+    add_task_scores(rows, scores)
+    return format_table(rows) + "\n\n" + format_task_table(scores), rows, scores
 
 
 def student_row(name: str, model_dir: str, val, teacher_top1: np.ndarray, prompts: list[np.ndarray],

@@ -50,8 +50,9 @@ class DataConfig(StrictModel):
     """Data to distil on, read, tokenized and packed by Ray Data (raykd/data/ingest.py; docs/data.md)."""
 
     source: str = Field(
-        "builtin", description="'builtin' (generated text, no files), a .txt, .jsonl or .parquet file, a directory "
-        "or glob of such files, or a directory written by `datasets` save_to_disk.",
+        "builtin", description="'builtin' (generated text, no files), 'shakespeare' (the packaged public-domain text "
+        "after the offline teacher's part), a .txt, .jsonl or .parquet file, a directory or glob of such files, or "
+        "a directory written by `datasets` save_to_disk.",
     )
     format: Literal["text", "chat", "prompt_completion"] = Field(
         "text", description="text: documents, every token trained; chat: conversations rendered with the chat "
@@ -90,9 +91,14 @@ class DataConfig(StrictModel):
         "starts; records past it are checked by the Ray Data tasks, with the same one-line error.",
     )
 
+    task_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Share of the text that is task-suite problems (train split, seeded by "
+        "builtin_seed) mixed into a builtin or shakespeare source; 0: none.",
+    )
+
     @model_validator(mode="after")
     def _format_needs_records(self) -> "DataConfig":
-        plain = self.source == "builtin" or self.source.endswith(".txt")
+        plain = self.source in ("builtin", "shakespeare") or self.source.endswith(".txt")
         if self.weight_field is not None and plain:
             raise ValueError(f"weight_field needs a source of records (.jsonl, .parquet, save_to_disk), not "
                              f"{self.source!r}")
@@ -101,6 +107,9 @@ class DataConfig(StrictModel):
                              f"not {self.source!r}")
         if self.chat_fields is not None and not self.chat_fields:
             raise ValueError("chat_fields must map at least one role to a field")
+        if self.task_fraction > 0 and self.source not in ("builtin", "shakespeare"):
+            raise ValueError("task_fraction mixes problems into one generated or packaged text: use source "
+                             "builtin or shakespeare")
         return self
 
 
@@ -121,11 +130,29 @@ class TrainConfig(StrictModel):
     storage_path: str | None = Field(None, description="Checkpoints root; default <cache>/runs.")
 
 
+class TaskEvalConfig(StrictModel):
+    """Exact match on the task suite (raykd/data/task_suite.py) in the evaluation table."""
+
+    enabled: bool = Field(False, description="Score teacher and students by greedy exact match per level; useful "
+                          "when the teacher learnt the tasks (teacher.build.task_fraction > 0).")
+    levels: list[int] = Field(default_factory=lambda: [1, 2, 3, 4], min_length=1,
+                              description="Difficulty levels (1..4: digits that must all be right = 2 x level).")
+    per_level: int = Field(200, ge=1, description="Test prompts per level (level 1 has only 34).")
+
+    @model_validator(mode="after")
+    def _levels(self) -> "TaskEvalConfig":
+        bad = [lv for lv in self.levels if lv not in (1, 2, 3, 4)]
+        if bad:
+            raise ValueError(f"levels must be among 1..4, got {bad}")
+        return self
+
+
 class EvalConfig(StrictModel):
     baseline: bool = Field(True, description="Also train a hard-label-only student with the same budget and seed.")
     max_sequences: int = Field(64, ge=1, description="Held-out sequences to score.")
     gen_tokens: int = Field(64, ge=1, description="New tokens per prompt for the generation-speed measure.")
     gen_prompts: int = Field(4, ge=1)
+    tasks: TaskEvalConfig = Field(default_factory=TaskEvalConfig, description="Task-suite exact match columns.")
 
 
 class MlflowConfig(StrictModel):

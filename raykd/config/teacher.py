@@ -15,6 +15,10 @@ from raykd.config.base import StrictModel
 # vLLM 0.32's CPU attention (`CPUAttentionBackend.get_supported_head_sizes`): a tiny teacher with another
 # head size could not be served by `teacher.backend: vllm` on CPU. The replica re-reads vLLM's own list
 # (raykd/teacher/vllm_backend.py) in case a newer vLLM accepts more.
+# The offline teacher trains on at most this prefix of raykd/data/corpora/tinyshakespeare.txt; students'
+# data (data.source: shakespeare) is what follows it (raykd/data/sources.py), so the two never overlap.
+SHAKESPEARE_TEACHER_CHARS = 900_000
+
 CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
 
@@ -43,7 +47,15 @@ class TinyTeacherConfig(StrictModel):
     num_heads: int = Field(2, ge=1, description="Attention heads; head_dim = hidden_size / num_heads.")
     intermediate_size: int = Field(344, ge=8, description="SwiGLU MLP width.")
     max_position_embeddings: int = Field(512, ge=16, description="Longest sequence the teacher supports.")
-    corpus_chars: int = Field(3_000_000, ge=10_000, description="Characters of generated text to train on.")
+    corpus: Literal["builtin", "shakespeare"] = Field(
+        "builtin", description="General text: 'builtin' (raykd's generated stories) or 'shakespeare' (the public-domain "
+        "text shipped in raykd/data/corpora/; the teacher takes its first part, data.source 'shakespeare' the rest).",
+    )
+    corpus_chars: int = Field(3_000_000, ge=10_000, description="Characters of general text to train on.")
+    task_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Share of the training text that is task-suite problems (raykd/data/task_suite.py), "
+        "so one teacher has a general loss and a task score; > 0 also splits digits into single tokens.",
+    )
     seq_len: int = Field(128, ge=8, description="Pre-training block length in tokens.")
     batch_size: int = Field(8, ge=1, description="Pre-training sequences per step (at this scale the number of updates matters most).")
     lr: float = Field(3e-3, gt=0, description="Peak AdamW learning rate (cosine decay, short warm-up).")
@@ -74,6 +86,9 @@ class TinyTeacherConfig(StrictModel):
 
     @model_validator(mode="after")
     def _head_dim(self) -> "TinyTeacherConfig":
+        if self.corpus == "shakespeare" and self.corpus_chars > SHAKESPEARE_TEACHER_CHARS:
+            raise ValueError(f"corpus_chars {self.corpus_chars} exceeds the {SHAKESPEARE_TEACHER_CHARS:,} characters of "
+                             "the shakespeare text kept for teachers (the rest is the students' data)")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         head_dim = self.hidden_size // self.num_heads

@@ -4,9 +4,11 @@
     for where, raw in read_chunk(chunk, cfg): ...      # ("<file>:<line>", record) in file order
     examples = list(iter_examples(cfg))                # every record as an Example, in the driver (small data)
 
-Sources: `builtin` (generated text), a `.txt`, `.jsonl` or `.parquet` file, a directory or glob of those,
+Sources: `builtin` (generated text), `shakespeare` (the public-domain text shipped in raykd/data/corpora/,
+the part after the offline teacher's), a `.txt`, `.jsonl` or `.parquet` file, a directory or glob of those,
 or a directory written by `datasets` `save_to_disk` (Arrow stream files listed in `state.json`; a
-DatasetDict directory is read at `data.split`). Files are read in sorted path order.
+DatasetDict directory is read at `data.split`). Files are read in sorted path order. With `data.task_fraction`
+task-suite problems (raykd/data/task_suite.py) are mixed into the one text of `builtin` or `shakespeare`.
 
 A chunk is about `data.chunk_mb` of one file: a byte range cut at line ends (.txt, .jsonl), a run of row
 groups (.parquet) or of record batches (Arrow). Planning streams each text file once in 1 MiB reads to find
@@ -29,9 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from raykd.config import ConfigError, DataConfig
+from raykd.config.teacher import SHAKESPEARE_TEACHER_CHARS
 from raykd.data.records import DataError, example_of
 
 _READ = 1 << 20
+CORPORA_DIR = Path(__file__).resolve().parent / "corpora"
+SHAKESPEARE_HELDOUT_CHARS = 40_000  # the text's end: used by nothing (kept for probes of the teacher itself)
 _KINDS = {".txt": "text", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".arrow": "arrow"}
 
 
@@ -40,7 +45,7 @@ class Chunk:
     """One unit of parallel reading: part of one file (or the generated text). Plain data: crosses Ray as a dict."""
 
     index: int  # position in the source: chunks (and the blocks made from them) keep this order
-    kind: str  # builtin | text | jsonl | parquet | arrow
+    kind: str  # builtin | shakespeare | text | jsonl | parquet | arrow
     path: str = ""
     start: int = 0  # bytes (text, jsonl), row group (parquet) or record batch (arrow)
     end: int = 0  # exclusive
@@ -50,6 +55,19 @@ class Chunk:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def shakespeare_text(part: str) -> str:
+    """The packaged tinyshakespeare: 'teacher' (the first 900k characters), 'student' (the rest, less the
+    last 40k) or 'all'."""
+    text = (CORPORA_DIR / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    if part == "teacher":
+        return text[:SHAKESPEARE_TEACHER_CHARS]
+    if part == "student":
+        return text[SHAKESPEARE_TEACHER_CHARS:-SHAKESPEARE_HELDOUT_CHARS]
+    if part == "all":
+        return text
+    raise ValueError(f"part must be 'teacher', 'student' or 'all', got {part!r}")
 
 
 def source_files(cfg: DataConfig, field: str = "data") -> list[tuple[str, Path]]:
@@ -105,6 +123,8 @@ def plan_chunks(cfg: DataConfig, field: str = "data", validate: bool = True) -> 
     """Every chunk of the source, in order; with `validate`, the first `validate_mb` checked record by record."""
     if cfg.source == "builtin":
         return [Chunk(0, "builtin", nbytes=cfg.builtin_chars)]
+    if cfg.source == "shakespeare":
+        return [Chunk(0, "shakespeare", nbytes=len(shakespeare_text("student")))]
 
     chunk_bytes = max(1, int(cfg.chunk_mb * (1 << 20)))
     budget = [int(cfg.validate_mb * (1 << 20)) if validate else 0]
@@ -227,7 +247,10 @@ def read_chunk(chunk: Chunk | dict, cfg: DataConfig) -> Iterator[tuple[str, Any]
     if c.kind == "builtin":
         from raykd.data.corpus import generate_corpus
 
-        yield "builtin", generate_corpus(cfg.builtin_chars, cfg.builtin_seed)
+        yield "builtin", _with_tasks(generate_corpus(cfg.builtin_chars, cfg.builtin_seed), cfg)
+        return
+    if c.kind == "shakespeare":
+        yield "shakespeare", _with_tasks(shakespeare_text("student"), cfg)
         return
     if c.kind in ("text", "jsonl"):
         with open(c.path, "rb") as fh:
@@ -291,3 +314,11 @@ def load_texts(cfg: DataConfig, field: str = "data") -> list[str]:
 
 def mb(nbytes: int) -> str:
     return f"{nbytes / (1 << 20):.1f} MB" if nbytes >= 1 << 20 else f"{math.ceil(nbytes / 1024)} kB"
+
+
+def _with_tasks(text: str, cfg: DataConfig) -> str:
+    if cfg.task_fraction <= 0:
+        return text
+    from raykd.data.task_suite import TaskSuite, mix_with_tasks
+
+    return mix_with_tasks(text, TaskSuite(), cfg.task_fraction, cfg.builtin_seed)

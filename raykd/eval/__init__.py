@@ -5,5 +5,6 @@ every table, sweep and teacher build) and the rows and format of `raykd distill`
 (table.py). Generation speed is measured by the callers with the code the hf teacher backend runs
 (raykd/distill.py, raykd/pipeline/eval.py), so that eval/ stays below teacher/ (whose build uses heldout.py).
 
-May import: torch, numpy, raykd.signals. heldout.py imports torch and numpy only.
+May import: torch, numpy, raykd.signals, raykd.data.task_suite (task exact match, tasks.py). heldout.py imports
+torch and numpy only.
 """

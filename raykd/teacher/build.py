@@ -55,10 +55,13 @@ _LOG_EVERY_S = 10.0
 
 def teacher_fingerprint(cfg: TinyTeacherConfig) -> str:
     """First 16 hex chars of sha256 over the canonical JSON of `cfg` and `TEACHER_FORMAT` (and chat_data's bytes)."""
-    # Options at their defaults (`moe: null`, no chat) are left out so that teachers built before those options
-    # existed keep their fingerprints.
-    unset = {k for k in ("moe", "chat_template", "chat_data", "chat_fields") if getattr(cfg, k) in (None, False)}
-    dump = cfg.model_dump(mode="json", exclude=unset or None)
+    # Fields at the defaults they had when they were added are left out, so that existing teachers keep
+    # their fingerprints (`moe: null`: dense; no chat; `corpus: builtin` and `task_fraction: 0`: the generated
+    # text only).
+    defaults = (("moe", None), ("chat_template", False), ("chat_data", None), ("chat_fields", None),
+                ("corpus", "builtin"), ("task_fraction", 0.0))
+    exclude = {name for name, default in defaults if getattr(cfg, name) == default}
+    dump = cfg.model_dump(mode="json", exclude=exclude or None)
     if cfg.chat_data is not None:  # the conversations are part of the recipe: a changed file is another teacher
         dump["chat_data_sha256"] = hashlib.sha256(Path(cfg.chat_data).expanduser().read_bytes()).hexdigest()
     payload = json.dumps({"format": TEACHER_FORMAT, "cfg": dump}, sort_keys=True, separators=(",", ":"))
@@ -171,6 +174,22 @@ def _evaluate(model, train_ids, val_ids, seq_len: int, vocab_size: int) -> dict[
 
 
 # --------------------------------------------------------------------------------------------- build
+def teacher_text(cfg: TinyTeacherConfig) -> str:
+    """The pre-training text: `corpus_chars` of general text (generated, or the packaged Shakespeare's
+    teacher part), with task-suite problems mixed in when `task_fraction` > 0 (seeded by `cfg.seed`)."""
+    if cfg.corpus == "shakespeare":
+        from raykd.data.sources import shakespeare_text
+
+        text = shakespeare_text("teacher")[: cfg.corpus_chars]
+    else:
+        text = generate_corpus(cfg.corpus_chars, cfg.seed)
+    if cfg.task_fraction > 0:
+        from raykd.data.task_suite import TaskSuite, mix_with_tasks
+
+        text = mix_with_tasks(text, TaskSuite(), cfg.task_fraction, cfg.seed)
+    return text
+
+
 def default_threads() -> int:
     """os.cpu_count(), less the cores other processes keep busy (1-minute load average), at least 1.
 
@@ -212,13 +231,14 @@ def build_tiny_teacher(
              f"budget {duration(cfg.max_minutes * 60)})")
 
         t = time.monotonic()
-        text = generate_corpus(cfg.corpus_chars, cfg.seed)
+        text = teacher_text(cfg)
         if cfg.chat_data is not None:
             text = _with_chat(text, cfg)
         timings["corpus"] = time.monotonic() - t
 
         t = time.monotonic()
-        tokenizer = train_tokenizer(text, cfg.vocab_size, cfg.max_position_embeddings)
+        tokenizer = train_tokenizer(text, cfg.vocab_size, cfg.max_position_embeddings,
+                                    split_digits=cfg.task_fraction > 0)
         if cfg.chat_template:
             from raykd.data.chat import RAYKD_CHAT_TEMPLATE
 

@@ -21,8 +21,10 @@ from raykd.config import TinyTeacherConfig
 EOT = "<|endoftext|>"
 
 
-def train_tokenizer(text: str, vocab_size: int, max_length: int):
+def train_tokenizer(text: str, vocab_size: int, max_length: int, split_digits: bool = False):
     """A byte-level BPE (GPT-2 style) trained on `text`, as a `PreTrainedTokenizerFast`.
+
+    `split_digits`: every digit is its own token (what makes digit-wise arithmetic learnable at this size).
 
     The vocabulary can end up smaller than `vocab_size`: merges never cross word boundaries, so a
     corpus with a few hundred words runs out of merges first.
@@ -31,7 +33,9 @@ def train_tokenizer(text: str, vocab_size: int, max_length: int):
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(

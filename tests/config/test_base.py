@@ -15,7 +15,7 @@ def test_quickstart_parses_and_overrides_apply():
     assert cfg.loss.alpha == 0.7 and cfg.train.max_steps == 3 and cfg.teacher.path is None
     assert cfg.run_name == "quickstart"
     flat = flatten(cfg)
-    assert flat["loss.temperature"] == "2.0" and flat["teacher.build.hidden_size"] == "128"
+    assert flat["loss.temperature"] == "1.0" and flat["teacher.build.hidden_size"] == "128"
 
 
 @pytest.mark.parametrize(

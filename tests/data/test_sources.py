@@ -160,3 +160,22 @@ def test_format_and_weights_need_records():
         load_config(DistillConfig, None, ["data.format=chat"])
     assert load_config(DistillConfig, None, ["data.source=x.jsonl", "data.weight_field=score"]).data.weight_field == "score"
     assert load_config(DistillConfig, None, ["data.source=d/", "data.format=chat"]).data.format == "chat"
+
+
+def test_shakespeare_source_is_the_packaged_text_after_the_teachers_part():
+    from raykd.config.teacher import SHAKESPEARE_TEACHER_CHARS
+    from raykd.data.sources import shakespeare_text
+
+    whole = shakespeare_text("all")
+    assert len(whole) == 1_115_394 and whole.startswith("First Citizen:")  # the packaged file, intact
+    (text,) = load_texts(DataConfig(source="shakespeare"))
+    assert text == shakespeare_text("student")
+    assert whole.index(text) == SHAKESPEARE_TEACHER_CHARS  # right after the teacher's part, no overlap
+    (mixed,) = load_texts(DataConfig(source="shakespeare", task_fraction=0.2, builtin_seed=1))
+    assert len(mixed) > len(text) * 1.2 and "99999999-" in mixed
+
+
+def test_task_fraction_needs_one_text():
+    for source in ("x.jsonl", "x.txt"):
+        with pytest.raises(ConfigError, match="task_fraction"):
+            load_config(DistillConfig, None, [f"data.source={source}", "data.task_fraction=0.2"])

@@ -44,10 +44,15 @@ ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "jobs" / "configs" / "quickstart.yaml"
 TEACHER_APP = "raykd-teacher"  # TeacherConfig's default app_name: what a plain `raykd distill` looks for
 
+# The quickstart's data replaced by the generated text (what the tests' tiny builtin teachers know), no
+# task-suite columns (a served teacher would decode ~600 problems).
+BUILTIN_DATA = ["data.source=builtin", "data.task_fraction=0", "data.val_fraction=0.1", "data.max_sequences=null",
+                "eval.tasks.enabled=false"]
 # The quickstart made small: a 1-layer student, 60k characters of text in 64-token blocks, short evaluation.
 TINY_DISTILL = [
     "student.num_layers=1", "student.hidden_size=64", "data.builtin_chars=60000", "data.seq_len=64",
     "train.batch_size=8", "train.warmup_steps=2", "eval.max_sequences=8", "eval.gen_tokens=8", "eval.gen_prompts=2",
+    *BUILTIN_DATA,
 ]
 
 

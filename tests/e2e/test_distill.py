@@ -68,7 +68,7 @@ def test_distill_end_to_end(tmp_path, tiny_teacher, teacher_app, distill_cli):
                 "eval_hard_label_student_heldout_loss", "eval_kd_student_params"):
         assert key in main.data.metrics, key
     assert [m.step for m in client.get_metric_history(main.info.run_id, "loss")] == [3, 6]
-    assert main.data.params["loss.alpha"] == "0.5" and base.data.params["loss.alpha"] == "0.0"
+    assert main.data.params["loss.alpha"] == "0.9" and base.data.params["loss.alpha"] == "0.0"
     artifacts = {a.path for a in client.list_artifacts(main.info.run_id)}
     assert {"student", "eval_table.txt", "training_curves.png"} <= artifacts
 

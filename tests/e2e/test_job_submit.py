@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import BUILTIN_DATA
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # Small enough for a 2-core machine: a 2-layer 64-wide teacher trained for a few steps, a 3-step student.
@@ -35,7 +37,8 @@ TINY = [
     "teacher.build.max_steps=10", "teacher.build.seq_len=64", "student.hidden_size=64",
     "data.builtin_chars=20000", "data.seq_len=32", "train.num_workers=1", "train.batch_size=4",
     "train.max_steps=3", "train.warmup_steps=1", "train.checkpoint_every=3", "train.log_every=1",
-    "eval.max_sequences=4", "eval.gen_tokens=4", "eval.gen_prompts=1",
+    "eval.max_sequences=4", "eval.gen_tokens=4", "eval.gen_prompts=1", *BUILTIN_DATA,
+    "teacher.build.corpus=builtin", "teacher.build.task_fraction=0",
 ]
 
 

@@ -87,6 +87,32 @@ def test_fingerprint() -> None:
     assert a == tb.teacher_fingerprint(tiny_cfg())
     assert a != tb.teacher_fingerprint(tiny_cfg(seed=1))
     assert a != tb.teacher_fingerprint(tiny_cfg(lr=1e-3))
+    assert len({a, tb.teacher_fingerprint(tiny_cfg(corpus="shakespeare")),
+                tb.teacher_fingerprint(tiny_cfg(task_fraction=0.2))}) == 3
+
+
+def test_shakespeare_teacher_text_mixes_tasks_and_stays_out_of_the_students_part() -> None:
+    from raykd.data.sources import shakespeare_text
+
+    cfg = tiny_cfg(corpus="shakespeare", corpus_chars=50_000, task_fraction=0.2)
+    text = tb.teacher_text(cfg)
+    assert 62_000 <= len(text) <= 63_000  # 50k of prose is 80 %
+    assert "99999999-" in text and text.count("99999999-") > 100
+    prose = "".join(ln for ln in text.splitlines(keepends=True) if "99999999-" not in ln)
+    assert shakespeare_text("teacher")[:50_000].replace("\n", "") == prose.replace("\n", "")
+    assert tb.teacher_text(tiny_cfg(corpus="shakespeare", corpus_chars=50_000)) == shakespeare_text("teacher")[:50_000]
+    with pytest.raises(ValueError, match="900,000"):
+        tiny_cfg(corpus="shakespeare", corpus_chars=900_001)
+
+
+def test_split_digits_tokenizer_gives_one_token_per_digit() -> None:
+    from raykd.teacher.tiny_model import train_tokenizer
+
+    text = "12345 678 is 12345. " * 200 + "words and more words. " * 200
+    plain = train_tokenizer(text, 300, 64)
+    split = train_tokenizer(text, 300, 64, split_digits=True)
+    assert len(plain.tokenize("12345")) < 5
+    assert split.tokenize("12345") == list("12345") and split.decode(split.encode("a 12345=9")) == "a 12345=9"
 
 
 def _counting_build(monkeypatch) -> list[Path]:

@@ -179,10 +179,9 @@ def test_moe_field_keeps_dense_fingerprints():
     from raykd.teacher.build import TEACHER_FORMAT, teacher_fingerprint
 
     dense = TinyTeacherConfig()
-    later = ("moe", "chat_template", "chat_data", "chat_fields")  # options added after dense teachers were cached
+    later = ("moe", "chat_template", "chat_data", "chat_fields", "corpus", "task_fraction")  # added after the first dense teachers were cached
     legacy = json.dumps({"format": TEACHER_FORMAT, "cfg": {k: v for k, v in dense.model_dump(mode="json").items()
-                                                           if k not in later}},
-                        sort_keys=True, separators=(",", ":"))
+                                                           if k not in later}}, sort_keys=True, separators=(",", ":"))
     assert teacher_fingerprint(dense) == hashlib.sha256(legacy.encode()).hexdigest()[:16]
     assert teacher_fingerprint(TinyTeacherConfig(moe={})) != teacher_fingerprint(dense)
     assert teacher_fingerprint(TinyTeacherConfig(chat_template=True)) != teacher_fingerprint(dense)
