@@ -44,11 +44,11 @@ def test_config_and_path_errors(tmp_path, overrides, needle):
 def test_empty_dataset(tmp_path, tiny_teacher):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    proc = _run(tmp_path, f"teacher.path={tiny_teacher}", f"data.source={empty}")
+    proc = _run(tmp_path, f"teacher.path={tiny_teacher}", f"data.source={empty}", "data.task_fraction=0")
     _assert_clean_failure(proc, tmp_path, f"data.source: {empty} is empty")
     short = tmp_path / "short.txt"
     short.write_text("tiny")
-    proc = _run(tmp_path, f"teacher.path={tiny_teacher}", f"data.source={short}")
+    proc = _run(tmp_path, f"teacher.path={tiny_teacher}", f"data.source={short}", "data.task_fraction=0")
     _assert_clean_failure(proc, tmp_path, "only 1 sequence(s) of 128 tokens; need at least 2")
 
 
@@ -63,10 +63,10 @@ def test_chat_data_errors_name_the_setting_or_the_record(tmp_path, tiny_teacher)
     good = tmp_path / "chat.jsonl"
     good.write_text('{"question": "What is 2 plus 3?", "answer": "#### 5"}\n' * 40)
     chat = ["data.format=chat", "data.chat_fields={user: question, assistant: answer}"]
-    proc = _run(tmp_path, f"teacher.path={tiny_teacher}", f"data.source={good}", *chat)
+    proc = _run(tmp_path, f"teacher.path={tiny_teacher}", f"data.source={good}", "data.task_fraction=0", *chat)
     _assert_clean_failure(proc, tmp_path, "data.chat_template: ")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
                    '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]}\n')
-    proc = _run(tmp_path, f"teacher.path={tiny_teacher}", f"data.source={bad}", "data.format=chat")
+    proc = _run(tmp_path, f"teacher.path={tiny_teacher}", f"data.source={bad}", "data.task_fraction=0", "data.format=chat")
     _assert_clean_failure(proc, tmp_path, f"{bad}:2: message 1 (assistant) has no 'content' string")

@@ -108,8 +108,8 @@ class DataConfig(StrictModel):
         if self.chat_fields is not None and not self.chat_fields:
             raise ValueError("chat_fields must map at least one role to a field")
         if self.task_fraction > 0 and self.source not in ("builtin", "shakespeare"):
-            raise ValueError("task_fraction mixes problems into one generated or packaged text: use source "
-                             "builtin or shakespeare")
+            raise ValueError(f"task_fraction mixes task problems into the builtin or shakespeare text only; set "
+                             f"data.task_fraction=0 for source {self.source!r}")
         return self
 
 
