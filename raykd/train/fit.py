@@ -71,9 +71,18 @@ def fit_student(cfg: DistillConfig, name: str, loop: LoopConfig, label: str | No
 
 
 def export_student(checkpoint_dir: Path, tokenizer, out_dir: Path) -> Path:
-    """Copy the final checkpoint into a loadable HF directory (weights + config + tokenizer), atomically."""
+    """Copy the final checkpoint into a loadable HF directory (weights + config + tokenizer), atomically.
+
+    The final checkpoint holds HF safetensors whatever train.strategy (raykd/train/checkpoint.py: FSDP gathers
+    them onto rank 0 at the last step): `model.safetensors`, or shards with `model.safetensors.index.json`.
+    """
+    from raykd.train.checkpoint import WEIGHTS_INDEX
+
+    weights = sorted(checkpoint_dir.glob("model*.safetensors"))
+    if not weights:
+        raise RuntimeError(f"checkpoint {checkpoint_dir} holds no student weights (model*.safetensors)")
     with atomic_dir(out_dir) as tmp:
-        for f in ("config.json", "generation_config.json", "model.safetensors"):
+        for f in ("config.json", "generation_config.json", WEIGHTS_INDEX, *(w.name for w in weights)):
             if (checkpoint_dir / f).exists():
                 shutil.copy2(checkpoint_dir / f, tmp / f)
         tokenizer.save_pretrained(tmp)
@@ -125,7 +134,9 @@ def train_in_run(cfg: DistillConfig, prep: Prepared, run_id: str, uri: str, trai
 
         tokens, weights = teacher_sequences(handle, tokens, weights, cfg.seqkd)
     loop = LoopConfig(cfg, student_ref=student_ref, run_id=run_id, tracking_uri=uri, **put_data(tokens, weights))
-    say(f"training student ({student_params:,} params) on {tc.num_workers} worker(s), {tc.max_steps} steps")
+    how = f"{tc.strategy}, {tc.precision}" + (f", {tc.grad_accum_steps} micro-batches per step" if tc.grad_accum_steps > 1
+                                              else "") + (", activation checkpointing" if tc.activation_checkpointing else "")
+    say(f"training student ({student_params:,} params) on {tc.num_workers} worker(s) ({how}), {tc.max_steps} steps")
     ckpt = fit_student(cfg, train_name or cfg.run_name, loop, label="train student")
     student_dir = export_student(ckpt, prep.tokenizer, Path(cfg.output_dir) / cfg.run_name / "student")
     mlflow.log_artifacts(str(student_dir), "student", run_id=run_id)

@@ -161,7 +161,9 @@ def place_student(
     elif world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        module = DistributedDataParallel(wrapped, device_ids=[device.index] if device.type == "cuda" else None)
+        # gradient_as_bucket_view: the gradients live in DDP's all-reduce buckets (no second copy of them).
+        module = DistributedDataParallel(wrapped, device_ids=[device.index] if device.type == "cuda" else None,
+                                         gradient_as_bucket_view=True)
     else:
         module = wrapped
     return PlacedStudent(module, student, train.strategy, rank, world)

@@ -131,9 +131,11 @@ def test_custom_row_loss_and_argument_checks():
         chunked_linear_loss(ce, h, w, None, 0, target=target)
 
 
-@pytest.mark.parametrize("chunk_size,dynamic", [(1, False), (20, False), (20, True)])
-def test_objective_chunked_over_sequences_matches_full_logits(chunk_size, dynamic):
-    """The training loop's chunked path (raykd/train/chunked_objective.py) == Objective.compute_loss."""
+@pytest.mark.parametrize("chunk_size,dynamic,masked", [(1, False, False), (20, False, False), (20, True, False),
+                                                       (9, False, True), (20, True, True)])
+def test_objective_chunked_over_sequences_matches_full_logits(chunk_size, dynamic, masked):
+    """The training loop's chunked path (raykd/train/chunked_objective.py) == Objective.compute_loss, also with
+    loss masks that keep a different number of rows in every sequence (each chunk divides by the whole's count)."""
     import numpy as np
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -155,6 +157,9 @@ def test_objective_chunked_over_sequences_matches_full_logits(chunk_size, dynami
     offsets = np.arange(0, b * (width - 1) + 1, width - 1)
     signals = signals_from_logprobs(t_lp, ids[:, 1:].reshape(-1).numpy(), offsets, 20)
     weights = np.random.default_rng(0).uniform(0.5, 2.0, (b, width)).astype(np.float32)
+    loss_mask = None
+    if masked:  # sequence i trains on its last width - 1 - i labels
+        loss_mask = (np.arange(width)[None, :] > np.arange(b)[:, None]).astype(np.float32)
 
     def run(chunked: bool):
         model.zero_grad()
@@ -163,9 +168,9 @@ def test_objective_chunked_over_sequences_matches_full_logits(chunk_size, dynami
             out = model(input_ids=ids, **CHUNKED_FORWARD_KWARGS)
             assert out.logits.numel() == 0
             loss, metrics = chunked_objective_loss(objective, model.lm_head.weight, 3, out, ids, signals, weights,
-                                                   chunk_size)
+                                                   chunk_size, loss_mask)
         else:
-            loss, metrics = objective.compute_loss(3, model(input_ids=ids), ids, signals, weights)
+            loss, metrics = objective.compute_loss(3, model(input_ids=ids), ids, signals, weights, loss_mask)
         loss.backward()
         assert len(objective.step_values) == 1
         return loss.item(), metrics, [p.grad.clone() for p in model.parameters()]

@@ -107,7 +107,11 @@ def train_case(teacher: Path, rank: int = 0, world: int = 1, *, resume_at: int |
                 micro.append(MicroBatch(ids, signals, None, mask[r] if masks else None))
             losses.append(trainer.step(step, micro)["loss"])
         full = trainer.placed.full_state_dict()  # collective: also keeps rank 0's directory until all are done
-    out: dict[str, Any] = {"losses": losses}
+    from raykd.eval.heldout import heldout_loss
+
+    # Held-out scoring as a sweep does it (FSDP: every rank through the root's forward).
+    val = heldout_loss(trainer.placed.eval_model(), blocks[-8:])[0] if rank == 0 or trainer.placed.fsdp else None
+    out: dict[str, Any] = {"losses": losses, "val_loss": val}
     if rank == 0:
         out["student"] = {k: v.float().numpy() for k, v in full.items()}
         out["objective"] = {k: v for k, v in trainer.objective.state_dict().items() if k in ("projector", "adversary")}
