@@ -1,8 +1,8 @@
 """Students at scale, end to end: `raykd distill` with FSDP + bf16 + accumulation + activation checkpointing
-on an embedded Ray (2 gloo workers), the exported student loaded by transformers and by vLLM; the dry run
-of jobs/configs/gpu_8b_fsdp.yaml.
+on the session cluster and teacher (tests/e2e/conftest.py: 2 gloo Train workers), the exported student
+loaded by transformers and by vLLM; the dry run of jobs/configs/gpu_8b_fsdp.yaml (no cluster).
 
-    pytest -m slow tests/e2e/test_scale.py        # ~2-3 min on 2 cores
+    pytest -m slow tests/e2e/test_scale.py
 """
 
 from __future__ import annotations
@@ -18,29 +18,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .test_distill import tiny_overrides
+from .conftest import ROOT, TINY_DISTILL, own_cluster_env
 
-ROOT = Path(__file__).resolve().parents[2]
-QUICKSTART = ROOT / "jobs" / "configs" / "quickstart.yaml"
 GPU_8B = ROOT / "jobs" / "configs" / "gpu_8b_fsdp.yaml"
 pytestmark = pytest.mark.slow
 
 
-def _env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "RAYKD_CACHE": str(tmp_path / "cache"), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
-            "PYTHONUNBUFFERED": "1"}
-
-
-def raykd(tmp_path: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "raykd.cli", *args], cwd=tmp_path, env=_env(tmp_path),
+def raykd(tmp_path: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """A child `raykd` that must not need a cluster (the dry run): no RAY_ADDRESS, so joining one would fail."""
+    return subprocess.run([sys.executable, "-m", "raykd.cli", *args], cwd=tmp_path, env=own_cluster_env(tmp_path),
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_fsdp_bf16_accumulation_checkpointing_and_the_export_loads_in_vllm(tmp_path, tiny_teacher):
-    proc = raykd(tmp_path, "distill", "--config", str(QUICKSTART), *tiny_overrides(tiny_teacher, "fsdp", 6),
-                 "train.strategy=fsdp", "train.precision=bf16", "train.grad_accum_steps=2",
-                 "train.activation_checkpointing=true", "train.batch_size=4", "train.checkpoint_every=3",
-                 "eval.baseline=false")
+def test_fsdp_bf16_accumulation_checkpointing_and_the_export_loads_in_vllm(tmp_path, tiny_teacher, teacher_app,
+                                                                          distill_cli):
+    proc = distill_cli(tmp_path, "run_name=fsdp", f"teacher.path={tiny_teacher}", *TINY_DISTILL, "train.max_steps=4",
+                       "train.strategy=fsdp", "train.precision=bf16", "train.grad_accum_steps=2",
+                       "train.activation_checkpointing=true", "train.batch_size=4", "train.log_every=2",
+                       "train.checkpoint_every=4", "eval.baseline=false", "mlflow.experiment=e2e")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "kd student" in proc.stdout
 
@@ -53,7 +48,7 @@ def test_fsdp_bf16_accumulation_checkpointing_and_the_export_loads_in_vllm(tmp_p
     # The sharded checkpoint (one DCP file per worker) and the gathered HF weights of the last step.
     ckpts = sorted((tmp_path / "cache" / "runs" / "fsdp").glob("checkpoint_*"))
     assert ckpts and {p.name for p in (ckpts[-1] / "dcp").iterdir()} >= {".metadata", "__0_0.distcp", "__1_0.distcp"}
-    assert json.loads((ckpts[-1] / "state.json").read_text()) == {"step": 6, "strategy": "fsdp", "global_batch": 16}
+    assert json.loads((ckpts[-1] / "state.json").read_text()) == {"step": 4, "strategy": "fsdp", "global_batch": 16}
 
     student = tmp_path / "outputs" / "fsdp" / "student"
     from transformers import AutoModelForCausalLM
@@ -106,7 +101,7 @@ def test_gpu_8b_fsdp_config_passes_the_dry_run_and_ddp_is_refused(tmp_path, tiny
                                  num_hidden_layers=80, num_attention_heads=64)
     student = _config_only_llama(tmp_path / "Llama-3.1-8B", tiny_teacher, hidden_size=4096, intermediate_size=14336,
                                  num_hidden_layers=32, num_attention_heads=32)
-    paths = [f"teacher.path={teacher}", f"student.path={student}", f"data.source={shared_data}/data/gsm8k/train.jsonl",
+    paths = [f"teacher.path={teacher}", f"student.path={student}", f"data.source={shared_data}/data/gsm8k/test.jsonl",
              "data.text_fields=[question, answer]"]
     proc = raykd(tmp_path, "distill", "--config", str(GPU_8B), "--dry-run", *paths, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

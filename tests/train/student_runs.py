@@ -1,4 +1,4 @@
-"""Seeded student runs for the strategy / accumulation / resume equivalence tests (tests/train/test_student.py).
+"""Seeded student runs for the strategy / accumulation / resume equivalence tests (tests/e2e/test_student_equivalence.py).
 
 `train_case` trains the student of a tiny teacher for a few steps with raykd/train/student.py, exactly as a
 Ray Train worker does (same rows per step: raykd/train/loop.py micro_batch_indices), with real teacher
