@@ -63,9 +63,15 @@ def run_trl(teacher: Path, student_dir: Path, steps: int, out: Path) -> dict:
 
     tok = AutoTokenizer.from_pretrained(teacher)
     tok.chat_template = CHAT_TEMPLATE
-    rows = [json.loads(line) for line in GSM8K.read_text().splitlines()[: steps * BATCH + BATCH]]
-    data = Dataset.from_list([{"messages": [{"role": "user", "content": r["question"]},
-                                            {"role": "assistant", "content": r["answer"]}]} for r in rows])
+    chats = []
+    for line in GSM8K.read_text().splitlines():  # the first chats that fit max_length whole (TRL refuses a
+        r = json.loads(line)                      # chat whose answer alone fills the window)
+        chat = [{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}]
+        if len(tok.apply_chat_template(chat, tokenize=True)["input_ids"]) <= SEQ_LEN:
+            chats.append({"messages": chat})
+        if len(chats) == steps * BATCH + BATCH:
+            break
+    data = Dataset.from_list(chats)
     meter = {"tokens": 0, "t0": None, "t1": None, "measuring": False}
 
     class Timer(TrainerCallback):
