@@ -15,6 +15,12 @@ the training state itself; the teacher's signals are scored once by the parent);
 way a worker reads Ray's object store (zero-copy, only the pages touched count). Step time: the mean of
 --steps steps after one warm-up step. Also: the memory model's estimate (raykd/train/plan.py) beside.
 Writes benchmarks/results/student_scale.json and .md (machine, load averages, command).
+
+Peak RSS counts what glibc keeps after a free as well as live tensors: by default a freed block above the
+dynamic mmap threshold raises that threshold (up to 32 MiB), so FSDP's per-layer all-gather buffers and
+unsharded gradients (28 MiB a layer here) are later served from the heap and stay resident. With
+`MALLOC_MMAP_THRESHOLD_=65536` the threshold is fixed and every block >= 64 KiB is returned on free, so the
+peak follows the live tensors (what a GPU's max_memory_allocated measures): run both, the command line says which.
 """
 
 from __future__ import annotations
@@ -198,7 +204,9 @@ def main() -> None:
             log(f"{name}: peak {rows[name]['peak_rss_mib']:.0f} MiB (+{rows[name]['peak_above_base_mib']:.0f}), "
                 f"step {rows[name]['step_s']:.2f} s, load {loads[-1][0]} ({time.perf_counter() - t0:.0f} s)")
     machine = describe()
-    command = "python benchmarks/student_scale.py " + " ".join(sys.argv[1:])
+    malloc = os.environ.get("MALLOC_MMAP_THRESHOLD_")  # fixed: glibc returns freed large blocks (module doc)
+    command = (f"MALLOC_MMAP_THRESHOLD_={malloc} " if malloc else "") + "python benchmarks/student_scale.py " + \
+        " ".join(sys.argv[1:])
     data = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command.strip(),
             "machine": machine, "student_params": params, "batch": args.batch, "seq_len": args.seq_len,
             "steps": args.steps, "load_avg": loads, "configs": rows}
