@@ -46,7 +46,7 @@ def test_fsdp_bf16_accumulation_checkpointing_and_the_export_loads_in_vllm(tmp_p
     assert run.info.status == "FINISHED" and run.data.params["train.strategy"] == "fsdp"
     assert np.isfinite(run.data.metrics["loss"]) and run.data.metrics["loss_soft"] > 0
     # The sharded checkpoint (one DCP file per worker) and the gathered HF weights of the last step.
-    ckpts = sorted((tmp_path / "cache" / "runs" / "fsdp").glob("checkpoint_*"))
+    ckpts = sorted(p for p in (tmp_path / "cache" / "runs" / "fsdp").glob("checkpoint_*") if p.is_dir())
     assert ckpts and {p.name for p in (ckpts[-1] / "dcp").iterdir()} >= {".metadata", "__0_0.distcp", "__1_0.distcp"}
     assert json.loads((ckpts[-1] / "state.json").read_text()) == {"step": 4, "strategy": "fsdp", "global_batch": 16}
 
