@@ -134,7 +134,8 @@ def train_student(cfg, teacher_dir: str, tokens: np.ndarray, signals, val: np.nd
 
     from raykd.models import build_student
     from raykd.loss.objective import Objective, needs_teacher
-    from raykd.train.loop import global_batch_indices, lr_lambda
+    from raykd.data.order import batch_indices as global_batch_indices
+    from raykd.loss.schedules import lr_lambda
 
     tc = cfg.train
     student, _ = build_student(teacher_dir, cfg.student, seed=0)

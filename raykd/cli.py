@@ -1,6 +1,7 @@
 """The `raykd` command.
 
     raykd distill  --config jobs/configs/quickstart.yaml [key=value ...]
+    raykd distill  --config jobs/configs/gpu_8b_fsdp.yaml --dry-run [key=value ...]   # plan + memory, no cluster
     raykd pipeline --config jobs/configs/pipeline_three_stage.yaml [key=value ...]
     raykd capture  --config jobs/configs/capture.yaml [key=value ...]   # teacher signals -> Parquet shards
     raykd build-teacher [--out DIR] [key=value ...]     # the offline tiny teacher (cached)
@@ -31,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser = functools.partial(sub.add_parser, parents=[common])  # --verbose on every command
     p = sub.add_parser("distill", help="distil a teacher into a student (teacher on Serve, student on Train)")
     p.add_argument("--config", help="YAML file (see jobs/configs/)")
+    p.add_argument("--dry-run", action="store_true", help="validate, print the resource plan and per-worker memory "
+                   "estimate, refuse a plan that cannot fit; start nothing")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. loss.alpha=0.7")
     p = sub.add_parser("pipeline", help="run distillation stages in order (general → instruction → domain), one MLflow tree")
     p.add_argument("--config", required=True, help="YAML file (see jobs/configs/pipeline_three_stage.yaml)")
@@ -64,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "distill":
             from raykd.config import DistillConfig, load_config
-            from raykd.distill import run_distill
+            from raykd.distill import plan_distill, run_distill
 
-            run_distill(load_config(DistillConfig, args.config, args.overrides))
+            cfg = load_config(DistillConfig, args.config, args.overrides)
+            plan_distill(cfg) if args.dry_run else run_distill(cfg)
         elif args.command == "pipeline":
             from raykd.config.pipeline import load_pipeline_config
             from raykd.pipeline.run import run_pipeline

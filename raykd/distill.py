@@ -1,6 +1,7 @@
 """`raykd distill`: teacher on Ray Serve → student on Ray Train → evaluation, all in one MLflow run.
 
     raykd distill --config jobs/configs/quickstart.yaml [key=value ...]
+    raykd distill --config jobs/configs/gpu_8b_fsdp.yaml --dry-run    # checks + resource plan + memory, no cluster
     ray job submit --working-dir . -- python jobs/distill.py --config jobs/configs/quickstart.yaml
 
 Order matters for the user: everything that can be checked without a cluster or a model load (config,
@@ -87,6 +88,31 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
                     "task_scores": task_scores}
         finally:
             shutdown_ray(started)
+
+
+def plan_distill(cfg: DistillConfig):
+    """`raykd distill --dry-run`: every check of `prepare`, then the resource plan and the per-worker memory
+    estimate (raykd/train/plan.py) printed; ConfigError when the plan cannot fit. No cluster, no weights loaded."""
+    from transformers import AutoConfig
+
+    from raykd.models import derive_student_config
+    from raykd.train.plan import resource_plan
+
+    prep = prepare(cfg)
+    teacher_config = AutoConfig.from_pretrained(prep.teacher_path)
+    if cfg.student.path is not None:
+        student_config = AutoConfig.from_pretrained(cfg.student.path)
+    else:
+        student_config = derive_student_config(teacher_config, cfg.student)
+    plan = resource_plan(cfg, teacher_config, student_config)
+    from raykd.data.sources import mb
+
+    print(f"data: {len(prep.chunks)} chunk(s), {mb(sum(c.nbytes for c in prep.chunks))} of source, blocks of "
+          f"{cfg.data.seq_len} tokens (tokenized by Ray Data when the run starts)")
+    print(plan.render(), flush=True)
+    plan.check()
+    print("plan fits" + (f" {cfg.train.gpu_memory_gib:g} GiB GPUs" if cfg.train.use_gpu else ""))
+    return plan
 
 
 def evaluate_all(cfg: DistillConfig, prep: Prepared, handle, student_dirs: dict[str, Path], val):

@@ -114,10 +114,41 @@ class DataConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP).")
+    """The student side: Ray Train workers, how the student is spread over them, and the optimizer.
+
+    Global batch = batch_size (micro-batch) x grad_accum_steps x num_workers sequences per optimizer step
+    (raykd/train/student.py); docs/training_at_scale.md explains strategy, precision and the memory model.
+    """
+
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (one GPU each with use_gpu).")
     use_gpu: bool = Field(False, description="One GPU per worker and NCCL; else gloo on CPU.")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker.")
-    batch_size: int = Field(16, ge=1, description="Sequences per worker per step.")
+    batch_size: int = Field(16, ge=1, description="Sequences per worker per micro-batch (one forward/backward).")
+    grad_accum_steps: int = Field(
+        1, ge=1, description="Micro-batches per optimizer step on each worker: more spends less memory per step for "
+        "the same global batch (the loss is normalised by the global batch's tokens, so results do not change).",
+    )
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp: every worker holds the whole student (PyTorch DDP); fsdp: parameters, gradients and "
+        "optimizer state sharded over the workers (PyTorch FSDP2, fully_shard per decoder layer and the root).",
+    )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: bfloat16 compute with float32 gradient reduction and optimizer state (FSDP "
+        "MixedPrecisionPolicy; autocast under DDP); losses are always computed in float32.",
+    )
+    activation_checkpointing: bool = Field(
+        False, description="Recompute each decoder layer's activations in backward instead of keeping them: less "
+        "memory, about a third more compute.",
+    )
+    gpu_memory_gib: float = Field(
+        80.0, gt=0, description="Memory of one GPU; `raykd distill --dry-run` refuses a plan whose per-worker estimate "
+        "(or the teacher's weights per GPU) does not fit it (with use_gpu; on CPU the estimate is only printed).",
+    )
+    export_shard_size: str = Field(
+        "5GB", pattern=r"^[0-9]+(\.[0-9]+)?\s*[KMG]i?B$",
+        description="Largest safetensors file of checkpoints and the exported student; bigger models are split "
+        "into shards with a model.safetensors.index.json (Hugging Face layout).",
+    )
     max_steps: int = Field(200, ge=1, description="Optimizer steps.")
     lr: float = Field(2e-3, gt=0, description="Peak AdamW learning rate.")
     warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps, then cosine decay.")

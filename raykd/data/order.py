@@ -44,6 +44,14 @@ def batch_indices(n: int, batch: int, world: int, rank: int, seed: int, start_st
         step += 1
 
 
+def micro_batch_indices(n: int, batch: int, accum: int, world: int, rank: int, seed: int,
+                        start_step: int) -> Iterator[np.ndarray]:
+    """This worker's micro-batches of `batch` blocks, `accum` per step, in order: each step's `batch * accum`
+    blocks (batch_indices) split in `accum`, so the global batch of a step is the same for any split."""
+    for rows in batch_indices(n, batch * accum, world, rank, seed, start_step):
+        yield from np.split(rows, accum)
+
+
 class InversePermutations:
     """`inverse(epoch)[block]` = the block's place in that epoch; a few epochs cached (an O(n) array each)."""
 

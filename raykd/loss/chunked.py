@@ -38,14 +38,16 @@ RowLoss = Callable[..., tuple[torch.Tensor, ...]]
 
 class _ChunkedLinearLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, fn, mask, chunk_size, row_kwargs, *row_tensors):
+    def forward(ctx, hidden, weight, fn, mask, chunk_size, row_kwargs, normalized, *row_tensors):
         n = hidden.shape[0]
         names = list(row_kwargs)
         weights = mask.to(torch.float64) if mask is not None else None
         total = float(weights.sum()) if weights is not None else float(n)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.zeros_like(hidden) if need_h else None
-        grad_w = torch.zeros_like(weight) if need_w else None
+        # A bf16 lm_head (FSDP mixed precision) sums its gradient over chunks in float32, cast back in backward.
+        acc_dtype = torch.float32 if weight.dtype in (torch.bfloat16, torch.float16) else weight.dtype
+        grad_w = torch.zeros_like(weight, dtype=acc_dtype) if need_w else None
         sums: list[torch.Tensor] | None = None
         for lo in range(0, n, chunk_size):
             hi = min(n, lo + chunk_size)
@@ -58,7 +60,8 @@ class _ChunkedLinearLoss(torch.autograd.Function):
             with torch.enable_grad():
                 logits = F.linear(h_c.detach(), weight.detach()).requires_grad_(need_h or need_w)  # (C, V)
                 outs = fn(logits, m_c, **kwargs)
-                scale = n_c / max(total, 1.0)  # the chunk's share of the masked mean
+                # The chunk's share of the masked mean, or 1 when fn already divides by the whole's count.
+                scale = 1.0 if normalized else n_c / max(total, 1.0)
                 if need_h or need_w:
                     (g_logits,) = torch.autograd.grad(outs[0] * scale, logits)
                     g_logits = g_logits.to(weight.dtype)
@@ -67,7 +70,7 @@ class _ChunkedLinearLoss(torch.autograd.Function):
                         # operand would record a graph that keeps every chunk's (C, V) gradient alive.
                         grad_h[lo:hi] = g_logits @ weight.detach()  # (C, H)
                     if need_w:
-                        grad_w.addmm_(g_logits.t(), h_c.detach().to(weight.dtype))  # (V, H)
+                        grad_w.addmm_(g_logits.t().to(acc_dtype), h_c.detach().to(acc_dtype))  # (V, H)
             chunk = [o.detach() * scale for o in outs]
             sums = chunk if sums is None else [s + c for s, c in zip(sums, chunk)]
             del logits, outs
@@ -75,6 +78,7 @@ class _ChunkedLinearLoss(torch.autograd.Function):
             dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
             sums = [torch.zeros((), dtype=dtype) for _ in range(getattr(fn, "num_outputs", 1))]
         ctx.save_for_backward(grad_h, grad_w)
+        ctx.weight_dtype = weight.dtype
         ctx.num_row_tensors = len(row_tensors)
         ctx.mark_non_differentiable(*sums[1:])
         return tuple(sums)
@@ -83,8 +87,8 @@ class _ChunkedLinearLoss(torch.autograd.Function):
     def backward(ctx, grad_loss, *_aux):
         grad_h, grad_w = ctx.saved_tensors
         gh = grad_h * grad_loss.to(grad_h.dtype) if grad_h is not None else None
-        gw = grad_w * grad_loss.to(grad_w.dtype) if grad_w is not None else None
-        return (gh, gw, None, None, None, None) + (None,) * ctx.num_row_tensors
+        gw = (grad_w * grad_loss.to(grad_w.dtype)).to(ctx.weight_dtype) if grad_w is not None else None
+        return (gh, gw, None, None, None, None, None) + (None,) * ctx.num_row_tensors
 
 
 def chunked_linear_loss(
@@ -94,11 +98,14 @@ def chunked_linear_loss(
     mask: torch.Tensor | None = None,  # (N,)
     chunk_size: int = 1024,
     num_outputs: int = 1,
+    normalized: bool = False,
     **row_tensors: torch.Tensor,  # each (N, ...): sliced per chunk and passed to fn by name
 ) -> tuple[torch.Tensor, ...]:
     """`fn` applied to `hidden @ weight.T` in chunks of `chunk_size` rows; returns fn's outputs for all rows.
 
     The first output carries the gradient (to `hidden` and `weight`); the others are detached aux values.
+    Chunk outputs are weighted by the chunk's share of the (masked) rows, or, with `normalized`, summed as
+    they are: fn then divides its masked sums by the whole's count itself (raykd/train/chunked_objective.py).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -109,7 +116,8 @@ def chunked_linear_loss(
         if t.shape[0] != n:
             raise ValueError(f"{name} has {t.shape[0]} rows, hidden has {n}")
     call = _with_outputs(fn, num_outputs)
-    return _ChunkedLinearLoss.apply(hidden, weight, call, mask, chunk_size, dict.fromkeys(row_tensors), *row_tensors.values())
+    return _ChunkedLinearLoss.apply(hidden, weight, call, mask, chunk_size, dict.fromkeys(row_tensors), normalized,
+                                    *row_tensors.values())
 
 
 def _with_outputs(fn: RowLoss, k: int) -> RowLoss:

@@ -132,10 +132,20 @@ def reduce_rows(
     values: torch.Tensor,  # (N,)
     mask: torch.Tensor | None = None,  # (N,) 1 = real token
     weights: torch.Tensor | None = None,  # (N,) per-row loss weights
+    denominator: float | None = None,  # unmasked rows the sum is divided by; None: these rows' own count
 ) -> torch.Tensor:
-    """sum_i m_i w_i v_i / sum_i m_i (module doc); 0 when every row is masked."""
+    """sum_i m_i w_i v_i / sum_i m_i (module doc); 0 when every row is masked.
+
+    `denominator` replaces sum_i m_i: the training loop passes the unmasked rows of the whole global batch
+    (all micro-batches of all workers, divided by the number of workers, whose gradients are averaged), so
+    that the loss of a step is sum over the global batch / its tokens, not a mean of micro-batch means.
+    Every row-level term of raykd is reduced here, so this is the one place that normalisation happens.
+    """
     if weights is not None:
         values = values * weights.to(values.dtype)
+    if denominator is not None:
+        kept = values if mask is None else values * mask.to(values.dtype)
+        return kept.sum() / (float(denominator) or 1.0)  # nothing unmasked anywhere: 0, not NaN
     if mask is None:
         return values.mean()
     mask = mask.to(values.dtype)

@@ -53,11 +53,12 @@ def hidden_loss(
     projector: HiddenProjector,
     mask: torch.Tensor | None = None,  # (N,)
     weights: torch.Tensor | None = None,  # (N,)
+    denominator: float | None = None,  # rows to divide by (reduce_rows); None: these rows' unmasked count
 ) -> torch.Tensor:
     """sum_l MSE(h_l^t, W_l h_l^s), rows reduced with mask and weights. Gradient to student and W only."""
     projected = projector(student_hidden.float())  # (N, P, H_t)
     per_row = (projected - teacher_hidden.detach().float()).pow(2).mean(-1).sum(-1)  # (N,)
-    return reduce_rows(per_row, mask, weights)
+    return reduce_rows(per_row, mask, weights, denominator)
 
 
 def match_heads(attn: torch.Tensor, heads: int, mode: str) -> torch.Tensor:
@@ -78,6 +79,7 @@ def attention_loss(
     heads: str = "mean",
     mask: torch.Tensor | None = None,  # (N,)
     weights: torch.Tensor | None = None,  # (N,)
+    denominator: float | None = None,  # rows to divide by (reduce_rows); None: these rows' unmasked count
 ) -> torch.Tensor:
     """sum_l of the per-row squared error summed over keys, mean over (matched) heads (module doc)."""
     if teacher_attn.shape[-1] != student_attn.shape[-1]:
@@ -86,7 +88,7 @@ def attention_loss(
     t = match_heads(teacher_attn.detach().float(), s_heads, heads)
     s = match_heads(student_attn.float(), s_heads, heads) if heads == "mean" else student_attn.float()
     per_row = (t - s).pow(2).sum(-1).mean(-1).sum(-1)  # keys summed, heads averaged, pairs summed -> (N,)
-    return reduce_rows(per_row, mask, weights)
+    return reduce_rows(per_row, mask, weights, denominator)
 
 
 def gather_rows(per_layer: list[torch.Tensor], lengths: list[int] | None = None) -> torch.Tensor:

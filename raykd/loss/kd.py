@@ -15,7 +15,9 @@ The teacher is given as full logits `(N, V)` or as top-k log-probs at T = 1 with
 
 All tokens are rows: callers flatten `(B, T, V)` to `(N, V)` and pass `mask (N,)` (1 = real token) and
 optionally per-row `weights (N,)`. Rows are reduced as sum m w x / sum m; an all-masked batch yields 0
-(not NaN). `temperature` is a float or a per-row tensor `(N,)` (dynamic temperature).
+(not NaN). `temperature` is a float or a per-row tensor `(N,)` (dynamic temperature). Training passes
+`denominator` (raykd/loss/divergences.py `reduce_rows`): the sum is then divided by the unmasked rows of the
+whole global batch, so micro-batches and workers add up to one token-normalised loss.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ def hard_ce(
     labels: torch.Tensor,  # (N,)
     mask: torch.Tensor | None = None,  # (N,)
     weights: torch.Tensor | None = None,  # (N,)
+    denominator: float | None = None,  # rows to divide by (reduce_rows); None: these rows' unmasked count
 ) -> torch.Tensor:
     """Cross-entropy with the ground-truth next token at T = 1, reduced over rows with mask and weights."""
     per_row = F.cross_entropy(f32(student_logits), labels.long(), reduction="none")
-    return reduce_rows(per_row, mask, weights)
+    return reduce_rows(per_row, mask, weights, denominator)
 
 
 def soft_loss(
@@ -54,6 +57,7 @@ def soft_loss(
     topk_logprobs: torch.Tensor | None = None,  # (N, k)
     tail_logprob: torch.Tensor | None = None,  # (N,)
     tail: Tail = "bucket",
+    denominator: float | None = None,  # rows to divide by (reduce_rows); None: these rows' unmasked count
 ) -> torch.Tensor:
     """T_i^2-scaled divergence, reduced over rows with `mask` and `weights`. Scalar; gradient to the student only."""
     t_logp, s_logp = log_distributions(
@@ -65,7 +69,7 @@ def soft_loss(
         rows = rows * temperature.detach().to(rows.dtype) ** 2
     else:
         rows = rows * float(temperature) ** 2
-    return reduce_rows(rows, mask, weights)
+    return reduce_rows(rows, mask, weights, denominator)
 
 
 def kl_full(
@@ -109,19 +113,21 @@ def distill_loss(
     tail_logprob: torch.Tensor | None = None,  # (N,)
     tail: Tail = "bucket",
     return_temperature: bool = False,
+    denominator: float | None = None,  # rows to divide by (reduce_rows); None: these rows' unmasked count
 ) -> tuple[torch.Tensor, ...]:
     """`(loss, loss_soft, loss_hard)` with loss = alpha * loss_soft + (1 - alpha) * loss_hard.
 
     Give either full `teacher_logits` or the sparse `topk_ids`/`topk_logprobs` (+ `tail_logprob`): the soft
     term is then computed (and reported) at every alpha. Without a teacher alpha must be 0; loss_soft is 0.
     `temperature` may be a function of nothing, called after the hard term and before the soft one (dynamic
-    temperature: raykd/loss/row_loss.py); `return_temperature` appends the temperature used.
+    temperature: raykd/loss/row_loss.py); `return_temperature` appends the temperature used. `denominator`
+    divides the masked sums instead of the rows' own unmasked count (a global batch's tokens: reduce_rows).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if not callable(temperature) and not isinstance(temperature, torch.Tensor) and temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    loss_hard = hard_ce(student_logits, labels, mask, weights)
+    loss_hard = hard_ce(student_logits, labels, mask, weights, denominator)
     if teacher_logits is None and (topk_ids is None or topk_logprobs is None):
         if alpha != 0.0:
             raise ValueError("distill_loss needs teacher_logits or topk_ids + topk_logprobs when alpha > 0")
@@ -132,7 +138,7 @@ def distill_loss(
     loss_soft = soft_loss(
         student_logits, divergence=divergence, temperature=temperature, beta=beta, skew_lambda=skew_lambda,
         mask=mask, weights=weights, teacher_logits=teacher_logits, topk_ids=topk_ids, topk_logprobs=topk_logprobs,
-        tail_logprob=tail_logprob, tail=tail,
+        tail_logprob=tail_logprob, tail=tail, denominator=denominator,
     )
     out = (alpha * loss_soft + (1.0 - alpha) * loss_hard, loss_soft, loss_hard)
     return out + (temperature,) if return_temperature else out

@@ -4,6 +4,7 @@
     extras = objective.teacher_extras()           # what the teacher must return besides top-k (or None)
     out = model(input_ids=ids, **objective.model_kwargs())
     loss, metrics = objective.compute_loss(step, out, ids, signals, token_weights, token_mask)   # ids (B, L)
+    loss, metrics = objective.compute_loss(step, out, ids, signals, token_weights, token_mask, denominator=n / world)
     loss.backward(); optimizer.step(); objective.step()                               # + learnable extras
     objective.pop_step_values()      # (step, alpha, mean T) of the steps so far, for MLflow (raykd/train/)
 
@@ -17,6 +18,12 @@ every term is reduced with the data's loss mask (`token_mask`, raykd/data/record
 is trained — assistant / completion tokens, never padding, prompts or a record's first token; sequence-level
 KD's prompts are masked there too) and the per-sample data weights (`data.weight_field`, weight of the record
 the label token comes from). Row j uses the mask and weight of token j + 1.
+
+Normalisation: without `denominator` each term is a mean over this batch's unmasked rows. The training
+loop (raykd/train/student.py) passes `denominator` = unmasked rows of the whole global batch (every
+micro-batch of every worker) / workers: each call then returns its share of the global token mean, the
+shares of the micro-batches add up, and the workers' averaged gradients are those of one big batch.
+Metrics in ADDITIVE_METRICS are such shares then (summed over micro-batches); the others are per call.
 
 The learnable parts (projections W, discriminator D) live here, with their own optimizers, because the
 student's optimizer and checkpoint are plain HF: their gradients are averaged over the DDP workers by
@@ -40,6 +47,8 @@ from raykd.loss.features import HiddenProjector, attention_loss, gather_rows, hi
 from raykd.loss.row_loss import RowLoss
 
 LOGPROB_FLOOR = -20.0  # discriminator input floor (log-probs)
+# Metrics that are shares of the step's loss when compute_loss gets a denominator: summed over micro-batches.
+ADDITIVE_METRICS = frozenset({"loss", "loss_soft", "loss_hard", "loss_hidden", "loss_attention", "loss_adv"})
 _HIST_BINS = 40
 
 
@@ -146,6 +155,17 @@ class Objective:
             self.projector_opt.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ the loss
+    def row_mask(self, shape: tuple[int, int], token_mask: Any = None, device: Any = None) -> torch.Tensor | None:
+        """`(B*(L-1),)` float mask of the rows trained on (the data's token mask), or None when every row is."""
+        if token_mask is None:
+            return None
+        return torch.as_tensor(np.asarray(token_mask), device=device)[:, 1:].float().reshape(-1)
+
+    def count_rows(self, shape: tuple[int, int], token_mask: Any = None) -> float:
+        """Rows of a `(B, L)` batch the loss is computed on: what a global batch's denominator adds up."""
+        mask = self.row_mask(shape, token_mask)
+        return float(shape[0] * (shape[1] - 1)) if mask is None else float(mask.sum())
+
     def compute_loss(
         self,
         step: int,
@@ -154,32 +174,37 @@ class Objective:
         signals: Any = None,  # TeacherSignals of the batch (rows as raykd/signals/types.py) or None
         token_weights: np.ndarray | torch.Tensor | None = None,  # (B, L) per-token sample weights
         token_mask: np.ndarray | torch.Tensor | None = None,  # (B, L) 1 = token trained (None: all)
+        denominator: float | None = None,  # unmasked rows of the global batch / workers (module doc)
     ) -> tuple[torch.Tensor, dict[str, float]]:
         logits = out.logits
         flat = _rows(logits)  # (N, V)
         labels = ids[:, 1:].reshape(-1)
         device = logits.device
-        mask = None
-        if token_mask is not None:
-            mask = torch.as_tensor(np.asarray(token_mask), device=device)[:, 1:].reshape(-1).float()
+        mask = self.row_mask(tuple(ids.shape), token_mask, device)
         weights = None
         if token_weights is not None:
             weights = torch.as_tensor(np.asarray(token_weights), dtype=torch.float32, device=device)[:, 1:].reshape(-1)
 
         # The discriminator's input is the compared distributions at T = 1.
         need_t1 = self.adv_on and self.lc.adversarial.input == "distribution"
-        rows = self.row_loss(step, flat, labels, signals, mask=mask, weights=weights, need_t1=need_t1)
+        rows = self.row_loss(step, flat, labels, signals, mask=mask, weights=weights, need_t1=need_t1,
+                             denominator=denominator)
         metrics = rows.metrics
         loss = rows.loss
         if self.use_teacher and signals is not None:
             if self.dynamic is not None:
                 self._record_temperatures(rows.temperature, mask, metrics)
-            loss = loss + self._feature_terms(step, out, signals, rows.t1, rows.s1, mask, weights, metrics)
+            # The adversarial term is a mean over a subsample of rows: weighted by this batch's share.
+            share = 1.0 if denominator is None else (float(mask.sum()) if mask is not None else float(len(labels))) / (
+                float(denominator) or 1.0)
+            loss = loss + self._feature_terms(step, out, signals, rows.t1, rows.s1, mask, weights, metrics,
+                                              denominator, share)
             metrics["loss"] = float(loss.detach())
         self.step_values.append((step + 1, float(rows.alpha), rows.mean_temperature))
         return loss, metrics
 
-    def _feature_terms(self, step, out, signals, t1, s1, mask, weights, metrics) -> torch.Tensor:
+    def _feature_terms(self, step, out, signals, t1, s1, mask, weights, metrics, denominator=None,
+                       share=1.0) -> torch.Tensor:
         lc, device = self.lc, out.logits.device
         total = torch.zeros((), device=device)
         t_hidden = s_hidden = None
@@ -190,21 +215,22 @@ class Objective:
                 self._build(int(t_hidden.shape[-1]), None)
             self.projector.to(device)  # no-op once there (a checkpoint loads it on the CPU)
             if lc.hidden.weight > 0:
-                loss_hidden = hidden_loss(t_hidden, s_hidden, self.projector, mask, weights)
+                loss_hidden = hidden_loss(t_hidden, s_hidden, self.projector, mask, weights, denominator)
                 metrics["loss_hidden"] = float(loss_hidden.detach())
                 total = total + lc.hidden.weight * loss_hidden
         if self.attention_pairs:
             t_attn = torch.as_tensor(np.array(signals.extras["attentions"]), device=device)  # (N, P, heads_t, K)
             # HF attentions[l-1]: (B, heads, L, L) -> (B, L, heads, L) so that rows are query positions.
             s_attn = gather_rows([out.attentions[s - 1].transpose(1, 2) for s, _ in self.attention_pairs])
-            loss_attn = attention_loss(t_attn[..., : s_attn.shape[-1]], s_attn, lc.attention.heads, mask, weights)
+            loss_attn = attention_loss(t_attn[..., : s_attn.shape[-1]], s_attn, lc.attention.heads, mask, weights,
+                                       denominator)
             metrics["loss_attention"] = float(loss_attn.detach())
             total = total + lc.attention.weight * loss_attn
         if self.adv_on:
-            total = total + self._adversarial_term(step, t1, s1, t_hidden, s_hidden, mask, metrics)
+            total = total + self._adversarial_term(step, t1, s1, t_hidden, s_hidden, mask, metrics, share)
         return total
 
-    def _adversarial_term(self, step, t1, s1, t_hidden, s_hidden, mask, metrics) -> torch.Tensor:
+    def _adversarial_term(self, step, t1, s1, t_hidden, s_hidden, mask, metrics, share=1.0) -> torch.Tensor:
         a = self.lc.adversarial
         if a.input == "distribution":
             # (N, C) log-probs of the compared outcomes at T = 1, floored: probabilities would give a
@@ -225,6 +251,8 @@ class Objective:
         metrics.update(self.adversary.train_discriminator(real, fake.detach()))
         loss_adv = student_adversarial_loss(self.adversary.disc, fake)
         ramp = min(1.0, (step + 1) / a.warmup_steps) if a.warmup_steps else 1.0
+        if share != 1.0:
+            loss_adv = loss_adv * share
         metrics["loss_adv"] = float(loss_adv.detach())
         metrics["adv_weight"] = ramp * a.weight
         if self.rank == 0:

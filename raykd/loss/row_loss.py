@@ -4,6 +4,11 @@ token (dynamic temperature). Shared by `raykd distill` (raykd/loss/objective.py)
     row_loss = RowLoss(cfg.loss, total_steps=cfg.train.max_steps, use_teacher=True)
     out = row_loss(step, rows, labels, signals, mask=mask, weights=weights)   # rows (N, V), labels (N,)
     out.loss.backward(); out.metrics    # {"loss", "loss_soft", "loss_hard"}; out.alpha, out.temperature
+    out = row_loss(step, rows, labels, signals, mask=mask, denominator=4064.0)  # a share of a global batch
+
+Reduction: masked sum over rows / `denominator` when given (the training loop's unmasked rows of the whole
+global batch per worker: raykd/train/student.py), else / these rows' unmasked count (raykd/loss/divergences.py
+`reduce_rows`, the one place this happens).
 
 `signals` is anything with `topk_ids (N, k)`, `topk_logprobs (N, k)` and `tail_logprob (N,)` (a TeacherSignals
 whose rows are these rows), or None (hard labels only). With `need_t1` the compared log-distributions at
@@ -60,12 +65,14 @@ class RowLoss:
         mask: torch.Tensor | None = None,  # (N,) 1 = real token
         weights: torch.Tensor | None = None,  # (N,) per-row loss weights
         need_t1: bool = False,
+        denominator: float | None = None,  # unmasked rows of the global batch per worker; None: these rows'
     ) -> RowLossOut:
         lc = self.lc
         alpha = self.alpha_at(step) if self.use_teacher else 0.0
         temperature: float | torch.Tensor = self.temperature_at(step)
         if not self.use_teacher or signals is None:
-            loss, _, hard = distill_loss(rows, labels, alpha=0.0, temperature=temperature, mask=mask, weights=weights)
+            loss, _, hard = distill_loss(rows, labels, alpha=0.0, temperature=temperature, mask=mask, weights=weights,
+                                         denominator=denominator)
             metrics = {"loss_hard": float(hard.detach()), "loss_soft": 0.0, "loss": float(loss.detach())}
             return RowLossOut(loss, metrics, alpha, temperature)
         sig = {k: torch.as_tensor(np.array(getattr(signals, k)), device=rows.device) for k in SIGNAL_FIELDS}
@@ -89,7 +96,8 @@ class RowLoss:
 
         loss, soft, hard, temperature = distill_loss(
             rows, labels, alpha=alpha, temperature=step_temperature, divergence=lc.divergence, beta=lc.beta,
-            skew_lambda=lc.skew_lambda, mask=mask, weights=weights, tail=lc.tail, return_temperature=True, **sig,
+            skew_lambda=lc.skew_lambda, mask=mask, weights=weights, tail=lc.tail, return_temperature=True,
+            denominator=denominator, **sig,
         )
         t1, s1 = compared.get("t1"), compared.get("s1")
         metrics = {"loss_hard": float(hard.detach()), "loss_soft": float(soft.detach()), "loss": float(loss.detach())}

@@ -130,3 +130,9 @@ def lr_factor(
     else:
         shape = max(floor, 1.0 - p)
     return base * min(1.0, warm) * shape
+
+
+def lr_lambda(warmup: int, total: int):
+    """The student's LR multiplier per step (a LambdaLR function): linear warm-up, then cosine to 10 % over the
+    remaining steps (raykd/train/student.py)."""
+    return lambda step: lr_factor(step, warmup, max(0, step - warmup) / max(1, total - warmup))

@@ -101,7 +101,8 @@ class StepOrderData(_TrainDataConfig):
 def train_datasets(data, cfg, windows: list[tuple[int, int]]) -> tuple[dict[str, Any], StepOrderData]:
     """TorchTrainer `datasets` and `dataset_config` for `data` (a BlockData) and these windows."""
     datasets = {window_name(w): data.chunks for w in range(len(windows))}
-    return datasets, StepOrderData(data.offsets, data.n_train, data.seq_len, cfg.train.batch_size, cfg.seed, windows)
+    step_blocks = cfg.train.batch_size * cfg.train.grad_accum_steps  # one worker's blocks per optimizer step
+    return datasets, StepOrderData(data.offsets, data.n_train, data.seq_len, step_blocks, cfg.seed, windows)
 
 
 def _read_window(iterator) -> dict[str, np.ndarray]:

@@ -42,7 +42,8 @@ def make_trainer(cfg: DistillConfig, name: str, storage_path: str, loop: LoopCon
 
     tc = cfg.train
     first = min(resume_step_hint(storage_path, name, loop.init_checkpoint), tc.max_steps)
-    windows = plan_windows(data.n_train, data.seq_len, tc.batch_size, tc.num_workers, first, tc.max_steps)
+    step_blocks = tc.batch_size * tc.grad_accum_steps  # one worker's blocks per optimizer step
+    windows = plan_windows(data.n_train, data.seq_len, step_blocks, tc.num_workers, first, tc.max_steps)
     datasets, dataset_config = train_datasets(data, cfg, windows)
     loop = dataclasses.replace(loop, data_windows=tuple(windows))
     return TorchTrainer(
@@ -75,9 +76,18 @@ def fit_student(cfg: DistillConfig, name: str, loop: LoopConfig, data, label: st
 
 
 def export_student(checkpoint_dir: Path, tokenizer, out_dir: Path) -> Path:
-    """Copy the final checkpoint into a loadable HF directory (weights + config + tokenizer), atomically."""
+    """Copy the final checkpoint into a loadable HF directory (weights + config + tokenizer), atomically.
+
+    The final checkpoint holds HF safetensors whatever train.strategy (raykd/train/checkpoint.py: FSDP gathers
+    them onto rank 0 at the last step): `model.safetensors`, or shards with `model.safetensors.index.json`.
+    """
+    from raykd.train.checkpoint import WEIGHTS_INDEX
+
+    weights = sorted(checkpoint_dir.glob("model*.safetensors"))
+    if not weights:
+        raise RuntimeError(f"checkpoint {checkpoint_dir} holds no student weights (model*.safetensors)")
     with atomic_dir(out_dir) as tmp:
-        for f in ("config.json", "generation_config.json", "model.safetensors"):
+        for f in ("config.json", "generation_config.json", WEIGHTS_INDEX, *(w.name for w in weights)):
             if (checkpoint_dir / f).exists():
                 shutil.copy2(checkpoint_dir / f, tmp / f)
         tokenizer.save_pretrained(tmp)
@@ -141,7 +151,9 @@ def train_in_run(cfg: DistillConfig, prep: Prepared, run_id: str, uri: str, trai
         prompts = data.take(0, min(data.n_train, cfg.seqkd.max_prompts or data.n_train))
         train_data = BlockData.from_arrays(teacher_sequences(handle, prompts, cfg.seqkd))
     loop = LoopConfig(cfg, student_ref=student_ref, run_id=run_id, tracking_uri=uri)
-    say(f"training student ({student_params:,} params) on {tc.num_workers} worker(s), {tc.max_steps} steps")
+    how = f"{tc.strategy}, {tc.precision}" + (f", {tc.grad_accum_steps} micro-batches per step" if tc.grad_accum_steps > 1
+                                              else "") + (", activation checkpointing" if tc.activation_checkpointing else "")
+    say(f"training student ({student_params:,} params) on {tc.num_workers} worker(s) ({how}), {tc.max_steps} steps")
     ckpt = fit_student(cfg, train_name or cfg.run_name, loop, train_data, label="train student")
     student_dir = export_student(ckpt, prep.tokenizer, Path(cfg.output_dir) / cfg.run_name / "student")
     mlflow.log_artifacts(str(student_dir), "student", run_id=run_id)

@@ -1,4 +1,4 @@
-"""Worker side: the training loop that Ray Train's `TorchTrainer` runs on each of N workers (DDP).
+"""Worker side: the training loop that Ray Train's `TorchTrainer` runs on each of N workers.
 
     TorchTrainer(train_loop_per_worker, train_loop_config=LoopConfig(...).to_train_loop_config(), ...)
 
@@ -6,8 +6,9 @@ Each worker reads its deterministic shard of every global batch from Ray Data (r
 `ray.train.get_dataset_shard`, the seeded order of raykd/data/order.py), streams the teacher's signals for its
 shard (raykd/train/signal_source.py: cache, offline shards or the Serve deployment; raykd/train/prefetch.py:
 a bounded window in flight), takes a student step on the loss of raykd/loss/objective.py (default
-`alpha * T^2 * KL + (1 - alpha) * CE`), and every `checkpoint_every` steps reports a checkpoint
-(raykd/train/checkpoint.py). A re-run with the same run name and storage path gets that checkpoint back
+`alpha * T^2 * KL + (1 - alpha) * CE`) over `train.grad_accum_steps` micro-batches (raykd/train/student.py:
+DDP or FSDP2, fp32 or bf16, activation checkpointing), and every `checkpoint_every` steps reports a
+checkpoint (raykd/train/checkpoint.py; under FSDP every rank reports its shards). A re-run with the same run name and storage path gets that checkpoint back
 from Ray Train and resumes at the same step, with the same data order. Rank 0 logs metrics to the MLflow
 run given in the loop config, and sends its progress (step, loss, tokens/s, teacher wait, ETA) to the driver's
 console through the loop config's queue (raykd/train/progress.py).
@@ -28,15 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from raykd.console import duration, say
-from raykd.loss.schedules import lr_factor
-from raykd.train.checkpoint import load_checkpoint, save_checkpoint
+from raykd.loss.schedules import lr_lambda  # noqa: F401  (the student's LR schedule; re-exported)
 from raykd.train.loop_config import LoopConfig
 from raykd.train.progress import describe, post, step_event
 
 
-def lr_lambda(warmup: int, total: int):
-    """The student's LR multiplier per step: linear warm-up, then cosine to 10 % over the remaining steps."""
-    return lambda step: lr_factor(step, warmup, max(0, step - warmup) / max(1, total - warmup))
 
 
 def _tell(loop: LoopConfig, msg: str) -> None:
@@ -52,7 +49,6 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
     import torch
     import torch.distributed as dist
-    from transformers import AutoModelForCausalLM
 
     from raykd.eval.heldout import heldout_loss
     from raykd.loss.objective import Objective, needs_teacher
@@ -60,9 +56,9 @@ def train_loop_per_worker(config: dict) -> None:
     from raykd.teacher.service import teacher_handle
     from raykd.tracking import MetricLogger
     from raykd.train.batches import step_batches
-    from raykd.train.chunked_objective import CHUNKED_FORWARD_KWARGS, chunked_objective_loss
     from raykd.train.prefetch import SignalPrefetcher
     from raykd.train.signal_source import signal_source
+    from raykd.train.student import MicroBatch, StudentTrainer
 
     loop = LoopConfig.from_train_loop_config(config)
     cfg = loop.cfg
@@ -71,16 +67,17 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(tc.torch_threads or max(1, int(tc.cpus_per_worker)))
     torch.manual_seed(cfg.seed)
+    device = ray.train.torch.get_device()  # cuda:<local rank> with use_gpu (NCCL), else cpu (gloo)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
 
-    s_config, s_state = ray.get(loop.student_ref)
-    model = AutoModelForCausalLM.from_config(s_config, dtype=torch.float32)
-    model.load_state_dict({k: torch.as_tensor(np.array(v)) for k, v in s_state.items()})
+    s_config, s_state = ray.get(loop.student_ref)  # read-only arrays in the object store, one copy per node
     # Every loss term (divergence, schedules, dynamic T, feature/attention/adversarial terms): raykd/loss/.
     use_teacher = not loop.alpha_only_hard and needs_teacher(cfg)
     objective = Objective(cfg, s_config, use_teacher=use_teacher, world=world, rank=rank)
-    objective.prepare_student(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.warmup_steps, tc.max_steps))
+    # The student placed for train.strategy / precision / activation_checkpointing, AdamW, its LR schedule.
+    trainer = StudentTrainer(cfg, s_config, s_state, objective, device=device, rank=rank, world=world)
+    del s_state
 
     start_step = 0
     checkpoint = ray.train.get_checkpoint()
@@ -88,12 +85,9 @@ def train_loop_per_worker(config: dict) -> None:
         checkpoint = ray.train.Checkpoint(loop.init_checkpoint)
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            start_step = load_checkpoint(Path(d), model, optimizer, scheduler, objective)
+            start_step = trainer.load(Path(d))
         if rank == 0:
             _tell(loop, f"resuming from step {start_step} ({checkpoint.path})")
-    raw_model = model
-    model = ray.train.torch.prepare_model(model)
-    device = next(model.parameters()).device
 
     submit = source = None
     if use_teacher:
@@ -102,9 +96,10 @@ def train_loop_per_worker(config: dict) -> None:
         # From the cache, else offline shards, else the live teacher, packed on the wire.
         source = signal_source(cfg, handle, extras)
         submit = source.submit
-    chunk = cfg.signals.loss_chunk_size  # memory-lean loss: no (B, L, V) logits (raykd/train/chunked_objective.py)
-    # This worker's blocks, step by step (ids, loss mask, sample weights), from its Ray Data shard.
-    batches = step_batches(list(loop.data_windows), tc.batch_size, start_step, rank=rank)
+    accum = tc.grad_accum_steps
+    # This worker's blocks, step by step (ids, loss mask, sample weights), from its Ray Data shard: each step's
+    # batch_size * grad_accum_steps blocks, split into micro-batches below (the same global batch for any split).
+    batches = step_batches(list(loop.data_windows), tc.batch_size * accum, start_step, rank=rank)
     prefetch = SignalPrefetcher(submit and (lambda b: submit(b.ids)), batches, tc.max_inflight)
 
     logger = MetricLogger(loop.tracking_uri, loop.run_id) if rank == 0 else None
@@ -113,42 +108,32 @@ def train_loop_per_worker(config: dict) -> None:
     step_start = time.perf_counter()
     for step in range(start_step, tc.max_steps):
         wait_before = prefetch.wait_seconds
-        batch, signals = next(prefetch)
-        ids = torch.as_tensor(batch.ids, dtype=torch.long, device=device)  # (B, L)
-        forward_kwargs = {**objective.model_kwargs(), **(CHUNKED_FORWARD_KWARGS if chunk else {})}
-        out = model(input_ids=ids, **forward_kwargs)  # logits (B, L, V) (+ hidden states, attentions); none if chunked
-        weights, mask = batch.weight, batch.mask  # (B, L): sample weights (or None), trained tokens
-        if chunk:
-            lm_head = raw_model.get_output_embeddings().weight
-            loss, step_metrics = chunked_objective_loss(objective, lm_head, step, out, ids, signals, weights, chunk,
-                                                        mask)
-        else:
-            loss, step_metrics = objective.compute_loss(step, out, ids, signals, weights, mask)
-        optimizer.zero_grad(set_to_none=True)
-        objective.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        optimizer.step()
-        objective.step()
-        scheduler.step()
+        batch, signals = next(prefetch)  # StepBatch of this step's blocks, the teacher's signals of their rows
+        micro = [MicroBatch(batch.ids, signals, batch.weight, batch.mask)] if accum == 1 else [
+            MicroBatch(batch.ids[rows], signals.take_sequences(rows.tolist()) if signals is not None else None,
+                       batch.weight[rows] if batch.weight is not None else None, batch.mask[rows])
+            for rows in np.split(np.arange(len(batch.ids)), accum)]
+        step_metrics = trainer.step(step, micro)
 
         now = time.perf_counter()
         step_time, step_start = now - step_start, now
         step_metrics["teacher_wait_fraction"] = (prefetch.wait_seconds - wait_before) / step_time
         for k, v in step_metrics.items():
             window[k] = window.get(k, 0.0) + v
-        window_steps, window_time, window_tokens = window_steps + 1, window_time + step_time, window_tokens + ids.numel()
+        window_steps, window_time = window_steps + 1, window_time + step_time
+        window_tokens += sum(mb.ids.size for mb in micro)
 
         done = step + 1 == tc.max_steps
         if (step + 1) % tc.log_every == 0 or done:
             # Average the window over workers so the logged loss is the global batch's, not rank 0's shard.
             keys = sorted(window)  # the same on every worker: the objective's terms come from the shared config
-            packed = torch.tensor([window[k] / window_steps for k in keys] + [window_tokens / window_time])
+            packed = torch.tensor([window[k] / window_steps for k in keys] + [window_tokens / window_time],
+                                  dtype=torch.float64, device=device)  # on the GPU under NCCL
             if dist.is_available() and dist.is_initialized():
                 dist.all_reduce(packed)
                 packed[: len(keys)] /= world
             metrics = dict(zip(keys, packed.tolist()[: len(keys)]))
-            metrics.update(student_tokens_per_s=float(packed[-1]), lr=scheduler.get_last_lr()[0])
+            metrics.update(student_tokens_per_s=float(packed[-1]), lr=trainer.lr)
             if source is not None:  # cumulative signal_cache_hits / signal_cache_misses over all workers
                 metrics.update(source.metrics())
             step_values = objective.pop_step_values()  # alpha and temperature of every step (schedules)
@@ -163,15 +148,16 @@ def train_loop_per_worker(config: dict) -> None:
 
         if (step + 1) % tc.checkpoint_every == 0 or done:
             with tempfile.TemporaryDirectory() as tmp:
-                ckpt = None
-                if rank == 0:
-                    save_checkpoint(Path(tmp), raw_model, optimizer, scheduler, step + 1, objective)
-                    ckpt = ray.train.Checkpoint.from_directory(tmp)
-                report = {"step": step + 1, "loss": float(loss.item())}
-                if rank == 0 and loop.val_ref is not None:  # what a sweep ranks trials on
-                    report.update({k: float(step_metrics[k]) for k in ("loss_hard", "loss_soft") if k in step_metrics})
+                # The last checkpoint also holds the student as HF safetensors (FSDP: gathered onto rank 0).
+                trainer.save(Path(tmp), step + 1, export=done)
+                fsdp = trainer.placed.fsdp  # every rank reports its own shards
+                ckpt = ray.train.Checkpoint.from_directory(tmp) if rank == 0 or fsdp else None
+                report = {"step": step + 1, "loss": float(step_metrics["loss"])}
+                if loop.val_ref is not None and (rank == 0 or fsdp):  # what a sweep ranks trials on
                     val = ray.get(loop.val_ref)
-                    report["val_loss"] = heldout_loss(raw_model, val.ids, mask=val.mask)[0]
+                    val_loss = heldout_loss(trainer.placed.eval_model(), val.ids, mask=val.mask)[0]
+                    report.update({k: float(step_metrics[k]) for k in ("loss_hard", "loss_soft") if k in step_metrics})
+                    report["val_loss"] = val_loss
                 ray.train.report(report, checkpoint=ckpt)
     if logger is not None:  # figures (dynamic-temperature histogram, adversarial curves) of rank 0's rows
         logger.log_per_step({s: {"alpha": a, "temperature": t} for s, a, t in objective.pop_step_values()})

@@ -87,12 +87,14 @@ def test_objective_adversarial_term_state_and_curves(tmp_path):
     assert weights == pytest.approx([0.05, 0.1, 0.15, 0.2, 0.2, 0.2])  # warm-up ramp
     assert obj.adversary.disc.net[0].parametrizations.weight.original.shape == (64, 6)  # k + 1 inputs
     from raykd.train.checkpoint import load_checkpoint, save_checkpoint
+    from raykd.train.parallel import PlacedStudent
 
+    placed = PlacedStudent(student, student, "ddp", rank=0, world=1)  # one DDP worker's student
     opt = torch.optim.AdamW(student.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    save_checkpoint(tmp_path, student, opt, sched, 6, obj)  # what a Train worker writes, objective.pt included
+    save_checkpoint(tmp_path, placed, opt, sched, 6, obj)  # what a Train worker writes, objective.pt included
     again = Objective(cfg, sc, use_teacher=True)
-    assert load_checkpoint(tmp_path, student, opt, sched, again) == 6
+    assert load_checkpoint(tmp_path, placed, opt, sched, again) == 6
     for a, b in zip(obj.adversary.disc.state_dict().values(), again.adversary.disc.state_dict().values()):
         assert torch.equal(a, b)
     assert again.curves == obj.curves  # a resumed run still draws its whole history

@@ -132,9 +132,10 @@ def test_custom_row_loss_and_argument_checks():
 
 
 @pytest.mark.parametrize("chunk_size,dynamic,masked", [(1, False, False), (20, False, False), (20, True, False),
-                                                      (1, False, True), (20, True, True)])
+                                                      (1, False, True), (9, False, True), (20, True, True)])
 def test_objective_chunked_over_sequences_matches_full_logits(chunk_size, dynamic, masked):
-    """The training loop's chunked path (raykd/train/chunked_objective.py) == Objective.compute_loss."""
+    """The training loop's chunked path (raykd/train/chunked_objective.py) == Objective.compute_loss, also with
+    loss masks that keep a different number of rows in every sequence (each chunk divides by the whole's count)."""
     import numpy as np
     from transformers import LlamaConfig, LlamaForCausalLM
 
