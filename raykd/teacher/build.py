@@ -55,9 +55,9 @@ _LOG_EVERY_S = 10.0
 
 def teacher_fingerprint(cfg: TinyTeacherConfig) -> str:
     """First 16 hex chars of sha256 over the canonical JSON of `cfg` and `TEACHER_FORMAT` (and chat_data's bytes)."""
-    # Options at their defaults (`moe: null`, no chat) are left out so that teachers built before those options
-    # existed keep their fingerprints.
-    unset = {k for k in ("moe", "chat_template", "chat_data", "chat_fields") if getattr(cfg, k) in (None, False)}
+    # Options at their defaults (`moe: null`, `num_kv_heads: null`, no chat) are left out so that teachers built
+    # before those options existed keep their fingerprints.
+    unset = {k for k in ("moe", "num_kv_heads", "chat_template", "chat_data", "chat_fields") if getattr(cfg, k) in (None, False)}
     dump = cfg.model_dump(mode="json", exclude=unset or None)
     if cfg.chat_data is not None:  # the conversations are part of the recipe: a changed file is another teacher
         dump["chat_data_sha256"] = hashlib.sha256(Path(cfg.chat_data).expanduser().read_bytes()).hexdigest()
