@@ -44,8 +44,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from shared_paths import add_text_argument, public_name, read_text  # noqa: E402
+TEXT = Path("/work/shared/data/tinyshakespeare/input.txt")
 QUICKSTART_BUILD = dict(max_steps=800, max_minutes=6.0)  # jobs/configs/quickstart.yaml's teacher.build
 
 
@@ -94,13 +93,13 @@ def flops_ratio(model_dir: str, seq_len: int) -> dict[str, float]:
             "limit_fraction_of_a": 1 / (1 + head / body)}
 
 
-def prompts_for(model_dir: str, n: int, seq_len: int, vocab: int, text: Path) -> list[np.ndarray]:
+def prompts_for(model_dir: str, n: int, seq_len: int, vocab: int) -> list[np.ndarray]:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    ids = np.asarray(tok(read_text(text)[: n * seq_len * 8]).input_ids, np.int32)
+    ids = np.asarray(tok(TEXT.read_text()[: n * seq_len * 8]).input_ids, np.int32)
     if len(ids) < n * seq_len:
-        raise SystemExit(f"{text} gives only {len(ids)} tokens; need {n * seq_len}")
+        raise SystemExit(f"{TEXT} gives only {len(ids)} tokens; need {n * seq_len}")
     return [ids[i * seq_len : (i + 1) * seq_len] % vocab for i in range(n)]
 
 
@@ -248,13 +247,18 @@ def via_serve(model: str, prompts, ks, dtype: str, scoring: str, label: str, arg
 
 def run_config(model: str, vocab: int, dtype: str, ks, args) -> dict:
     n = args.seqs if vocab < 8192 else args.seqs_large_vocab
-    prompts = prompts_for(args.tokenizer, n, args.seq_len, vocab, args.text)
+    prompts = prompts_for(args.tokenizer, n, args.seq_len, vocab)
     ratio = flops_ratio(model, args.seq_len)
     log(f"{dtype}, vocab {vocab}: LM head +{ratio['lm_head_share']:.1%} FLOPs; {n} x {args.seq_len} tokens")
     phases = {"in-process": in_process(model, prompts, ks, dtype, args)}
+    errors = {}
     if not args.skip_serve:
-        phases["serve-old"] = via_serve(model, prompts, ks, dtype, "prompt_logprobs", "c-old", args)
-        phases["serve"] = via_serve(model, prompts, ks, dtype, "auto", "c", args)
+        for name, scoring, label in (("serve-old", "prompt_logprobs", "c-old"), ("serve", "auto", "c")):
+            try:  # a failed Serve phase (e.g. a replica that never starts on an overloaded machine) is reported
+                phases[name] = via_serve(model, prompts, ks, dtype, scoring, label, args)
+            except Exception as e:  # noqa: BLE001
+                log(f"{name} failed: {type(e).__name__}: {e}")
+                errors[name] = f"{type(e).__name__}: {str(e)[:500]}"
         phases["in-process (a) again"] = in_process(model, prompts, ks, dtype, args, only_a=True)
     a_all = [r["a"] for p in phases.values() for r in p["rounds"] if "a" in r]
     a = statistics.median(a_all)
@@ -262,8 +266,8 @@ def run_config(model: str, vocab: int, dtype: str, ks, args) -> dict:
     cells = {c: {**v, "of_a": v["tokens_per_s"] / a, "of_limit": v["tokens_per_s"] / limit}
              for p in phases.values() for c, v in p["cells"].items() if c != "a"}
     cells["a"] = {"tokens_per_s": a, "rounds": [round(x) for x in a_all], "of_a": 1.0}
-    return {"model": public_name(model), "vocab": vocab, "dtype": dtype, "sequences": n, "flops": ratio, "a": a, "limit": limit,
-            "cells": cells, "phases": phases}
+    return {"model": model, "vocab": vocab, "dtype": dtype, "sequences": n, "flops": ratio, "a": a, "limit": limit,
+            "cells": cells, "phases": phases, "errors": errors}
 
 
 def cell(cells: dict, name: str, limit: bool = False) -> str:
@@ -316,6 +320,9 @@ def write(results: list[dict], args, cpu: dict, started: str, seconds: float) ->
             parts.append(f"{name} {p['load_before']} ({min(rng)}–{max(rng)})")
         lines.append(f"- vocab {r['vocab']:,} {r['dtype']}: " + "; ".join(parts) + ". Scoring paths: "
                      + ", ".join(f"{n}: {p['scoring'][0]}" for n, p in r["phases"].items() if "scoring" in p and n != "in-process (a) again"))
+    for r in results:
+        for name, err in r.get("errors", {}).items():
+            lines.append(f"- vocab {r['vocab']:,} {r['dtype']}: phase {name} failed: {err}")
     (res / "teacher_throughput.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -334,7 +341,6 @@ def main() -> None:
     p.add_argument("--inflight", type=int, default=8, help="Serve requests in flight in (c)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--kv-bytes", type=int, default=256 << 20)
-    add_text_argument(p)
     p.add_argument("--skip-serve", action="store_true", help="only the in-process columns: no Ray")
     args = p.parse_args()
     args.ks = [int(x) for x in args.ks.split(",")]
@@ -354,10 +360,11 @@ def main() -> None:
         dtypes.remove("bfloat16")
     results = []
     with tempfile.TemporaryDirectory(prefix="raykd-bench-") as tmp:
-        for vocab in (int(v) for v in args.vocabs.split(",")):
-            path = model if vocab == own else synthetic_copy(model, vocab, Path(tmp) / f"v{vocab}")
-            for dtype in dtypes:
-                results.append(run_config(path, vocab, dtype, args.ks, args))
+        vocabs = [int(v) for v in args.vocabs.split(",")]
+        paths = {v: model if v == own else synthetic_copy(model, v, Path(tmp) / f"v{v}") for v in vocabs}
+        for dtype in dtypes:  # float32 first: it runs fast on every x86 CPU
+            for vocab in vocabs:
+                results.append(run_config(paths[vocab], vocab, dtype, args.ks, args))
                 write(results, args, cpu, started, time.perf_counter() - t0)  # partial results survive a crash
 
 
