@@ -284,7 +284,7 @@ def write(results: list[dict], args, cpu: dict, started: str, seconds: float) ->
     out = {"date": started, "command": command.strip(), "cpu": cpu, "seconds": round(seconds),
            "seq_len": args.seq_len, "request_seqs": args.request_seqs, "inflight": args.inflight,
            "repeats": args.repeats, "results": results}
-    (res / "teacher_throughput.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    (res / f"teacher_throughput{args.tag}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
     flags = ", ".join(f"{f} {'yes' if cpu[f] else 'no'}" for f in ("avx512f", "avx512_bf16", "amx_bf16"))
     lines = [
         "# Teacher scoring throughput",
@@ -327,7 +327,7 @@ def write(results: list[dict], args, cpu: dict, started: str, seconds: float) ->
     for r in results:
         for name, err in r.get("errors", {}).items():
             lines.append(f"- vocab {r['vocab']:,} {r['dtype']}: phase {name} failed: {err}")
-    (res / "teacher_throughput.md").write_text("\n".join(lines) + "\n")
+    (res / f"teacher_throughput{args.tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -346,11 +346,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--kv-bytes", type=int, default=256 << 20)
     p.add_argument("--skip-serve", action="store_true", help="only the in-process columns: no Ray")
+    p.add_argument("--tag", default="", help="suffix of the results files (teacher_throughput<tag>.md/.json)")
     p.add_argument("--redraw", action="store_true", help="rewrite the .md from the .json of the last run")
     args = p.parse_args()
     args.ks = [int(x) for x in args.ks.split(",")]
     if args.redraw:
-        old = json.loads((ROOT / "benchmarks" / "results" / "teacher_throughput.json").read_text())
+        old = json.loads((ROOT / "benchmarks" / "results" / f"teacher_throughput{args.tag}.json").read_text())
         for key in ("seq_len", "request_seqs", "inflight", "repeats"):
             setattr(args, key, old[key])
         sys.argv = [sys.argv[0], *old["command"].split()[2:]]
