@@ -44,7 +44,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-TEXT = Path("/work/shared/data/tinyshakespeare/input.txt")
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from shared_paths import add_text_argument, public_name, read_text  # noqa: E402
 QUICKSTART_BUILD = dict(max_steps=800, max_minutes=6.0)  # jobs/configs/quickstart.yaml's teacher.build
 
 
@@ -93,13 +94,13 @@ def flops_ratio(model_dir: str, seq_len: int) -> dict[str, float]:
             "limit_fraction_of_a": 1 / (1 + head / body)}
 
 
-def prompts_for(model_dir: str, n: int, seq_len: int, vocab: int) -> list[np.ndarray]:
+def prompts_for(model_dir: str, n: int, seq_len: int, vocab: int, text: Path) -> list[np.ndarray]:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    ids = np.asarray(tok(TEXT.read_text()[: n * seq_len * 8]).input_ids, np.int32)
+    ids = np.asarray(tok(read_text(text)[: n * seq_len * 8]).input_ids, np.int32)
     if len(ids) < n * seq_len:
-        raise SystemExit(f"{TEXT} gives only {len(ids)} tokens; need {n * seq_len}")
+        raise SystemExit(f"{text} gives only {len(ids)} tokens; need {n * seq_len}")
     return [ids[i * seq_len : (i + 1) * seq_len] % vocab for i in range(n)]
 
 
@@ -247,7 +248,7 @@ def via_serve(model: str, prompts, ks, dtype: str, scoring: str, label: str, arg
 
 def run_config(model: str, vocab: int, dtype: str, ks, args) -> dict:
     n = args.seqs if vocab < 8192 else args.seqs_large_vocab
-    prompts = prompts_for(args.tokenizer, n, args.seq_len, vocab)
+    prompts = prompts_for(args.tokenizer, n, args.seq_len, vocab, args.text)
     ratio = flops_ratio(model, args.seq_len)
     log(f"{dtype}, vocab {vocab}: LM head +{ratio['lm_head_share']:.1%} FLOPs; {n} x {args.seq_len} tokens")
     phases = {"in-process": in_process(model, prompts, ks, dtype, args)}
@@ -266,7 +267,7 @@ def run_config(model: str, vocab: int, dtype: str, ks, args) -> dict:
     cells = {c: {**v, "of_a": v["tokens_per_s"] / a, "of_limit": v["tokens_per_s"] / limit}
              for p in phases.values() for c, v in p["cells"].items() if c != "a"}
     cells["a"] = {"tokens_per_s": a, "rounds": [round(x) for x in a_all], "of_a": 1.0}
-    return {"model": model, "vocab": vocab, "dtype": dtype, "sequences": n, "flops": ratio, "a": a, "limit": limit,
+    return {"model": public_name(model), "vocab": vocab, "dtype": dtype, "sequences": n, "flops": ratio, "a": a, "limit": limit,
             "cells": cells, "phases": phases, "errors": errors}
 
 
@@ -345,6 +346,7 @@ def main() -> None:
     p.add_argument("--inflight", type=int, default=8, help="Serve requests in flight in (c)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--kv-bytes", type=int, default=256 << 20)
+    add_text_argument(p)
     p.add_argument("--skip-serve", action="store_true", help="only the in-process columns: no Ray")
     p.add_argument("--tag", default="", help="suffix of the results files (teacher_throughput<tag>.md/.json)")
     p.add_argument("--redraw", action="store_true", help="rewrite the .md from the .json of the last run")
