@@ -45,6 +45,9 @@ class TinyTeacherConfig(StrictModel):
     hidden_size: int = Field(128, ge=32, description="Model width; num_heads * head_dim.")
     num_layers: int = Field(4, ge=1, le=64, description="Decoder layers.")
     num_heads: int = Field(2, ge=1, description="Attention heads; head_dim = hidden_size / num_heads.")
+    num_kv_heads: int | None = Field(
+        None, ge=1, description="Key/value heads (grouped-query attention); null: num_heads (multi-head attention)."
+    )
     intermediate_size: int = Field(344, ge=8, description="SwiGLU MLP width.")
     max_position_embeddings: int = Field(512, ge=16, description="Longest sequence the teacher supports.")
     corpus: Literal["builtin", "shakespeare"] = Field(
@@ -91,6 +94,8 @@ class TinyTeacherConfig(StrictModel):
                              "the shakespeare text kept for teachers (the rest is the students' data)")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.num_kv_heads is not None and self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}")
         head_dim = self.hidden_size // self.num_heads
         if head_dim not in CPU_HEAD_SIZES:
             raise ValueError(f"head_dim {head_dim} is not one vLLM's CPU backend supports {CPU_HEAD_SIZES}")
@@ -110,6 +115,11 @@ class VllmConfig(StrictModel):
     enforce_eager: bool = Field(True, description="Skip CUDA-graph capture (required on CPU).")
     max_logprobs: int = Field(64, ge=1, description="Largest top-k the engine will return.")
     max_num_batched_tokens: int | None = Field(None, ge=16, description="Scheduler token budget per step.")
+    scoring: Literal["auto", "engine-topk", "prompt_logprobs"] = Field(
+        "auto", description="How the replica scores: 'engine-topk' computes top-k, tail and target log-probs inside "
+        "vLLM's worker and returns arrays (raykd/teacher/vllm_topk.py); 'prompt_logprobs' uses vLLM's per-position "
+        "lists (slower); 'auto' takes engine-topk where it can run and logs why not otherwise.",
+    )
     cpu_threads_bind: str = Field(
         "auto", description="CPU only (VLLM_CPU_OMP_THREADS_BIND): 'auto' pins the engine to cores of its own and "
         "leaves one to the replica's front end; 'nobind' lets the OS place it (several replicas per node); or '0-3'.",

@@ -45,6 +45,12 @@ class TeacherBackend(Protocol):
     max_model_len: int  # longest sequence `score` accepts
     max_top_k: int  # largest `top_k` it returns
     returns_extras: bool  # can it return hidden states / attention maps, and score masked-LM positions?
+    scoring: str  # how `score` computes its signals, named in logs and TeacherInfo (settled by `start`)
+
+    async def start(self) -> None:
+        """Finish starting once the replica's event loop runs (the vLLM backend chooses its scoring path
+        here); idempotent, and `score` awaits it."""
+        ...
 
     async def score(
         self, token_ids: list[np.ndarray], top_k: int, extras: dict[str, list[int]] | None = None,

@@ -56,10 +56,10 @@ _LOG_EVERY_S = 10.0
 def teacher_fingerprint(cfg: TinyTeacherConfig) -> str:
     """First 16 hex chars of sha256 over the canonical JSON of `cfg` and `TEACHER_FORMAT` (and chat_data's bytes)."""
     # Fields at the defaults they had when they were added are left out, so that existing teachers keep
-    # their fingerprints (`moe: null`: dense; no chat; `corpus: builtin` and `task_fraction: 0`: the generated
-    # text only).
-    defaults = (("moe", None), ("chat_template", False), ("chat_data", None), ("chat_fields", None),
-                ("corpus", "builtin"), ("task_fraction", 0.0))
+    # their fingerprints (`moe: null`: dense; `num_kv_heads: null`; no chat; `corpus: builtin` and
+    # `task_fraction: 0`: the generated text only).
+    defaults = (("moe", None), ("num_kv_heads", None), ("chat_template", False), ("chat_data", None),
+                ("chat_fields", None), ("corpus", "builtin"), ("task_fraction", 0.0))
     exclude = {name for name, default in defaults if getattr(cfg, name) == default}
     dump = cfg.model_dump(mode="json", exclude=exclude or None)
     if cfg.chat_data is not None:  # the conversations are part of the recipe: a changed file is another teacher

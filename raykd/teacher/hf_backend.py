@@ -183,6 +183,7 @@ class ServedHFBackend:
     fight over the replica's cores), each in a worker thread."""
 
     returns_extras = True
+    scoring = "transformers"
 
     def __init__(self, path: str, dtype: str = "float32"):
         self.hf = HFTeacherBackend(path, dtype=dtype)
@@ -201,6 +202,9 @@ class ServedHFBackend:
             raise ValueError("top_p, seed and logprobs_k of generate need teacher.backend: vllm")
         async with self._lock:
             return await asyncio.to_thread(self.hf.generate, prompts, max_new_tokens, temperature)
+
+    async def start(self) -> None:
+        """Nothing left to start: the model loaded in the constructor."""
 
     async def check_health(self) -> None:
         """In-process weights: nothing that can die on its own."""

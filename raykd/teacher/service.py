@@ -41,6 +41,8 @@ class TeacherInfo:
     replica: str = ""  # Serve replica id of the replica that answered
     pid: int = 0  # its process id (its vLLM engine runs in child processes)
     scored_requests: int = 0  # score requests that replica has answered so far (shows how load spreads)
+    scoring: str = ""  # how that replica scores: "engine-topk", "prompt_logprobs" (vLLM) or "transformers"
+    scoring_note: str = ""  # engine-topk: the kernel in use; prompt_logprobs: why the fast path is not used
 
 
 def make_backend(cfg: TeacherConfig, model_path: str) -> TeacherBackend:
@@ -74,8 +76,11 @@ class Teacher:
         except Exception:  # noqa: BLE001 - constructed outside Serve (tests, benchmarks)
             pass
 
-    def info(self) -> TeacherInfo:
-        return dataclasses.replace(self.info_, scored_requests=self._scored)
+    async def info(self) -> TeacherInfo:
+        await self.backend.start()  # the scoring path is chosen once the engine runs
+        b = self.backend
+        return dataclasses.replace(self.info_, scored_requests=self._scored, scoring=b.scoring,
+                                   scoring_note=getattr(b, "scoring_note", ""))
 
     async def check_health(self) -> None:
         """Serve's periodic probe: a replica whose vLLM engine died raises here and is replaced."""

@@ -3,7 +3,8 @@
     tokenizer = train_tokenizer(text, vocab_size=4096, max_length=512)   # byte-level BPE, <|endoftext|> = bos/eos/pad
     model = make_model(cfg, vocab_size=len(tokenizer), eot_id=...)        # LlamaForCausalLM, or Qwen2-MoE with cfg.moe
 
-Dense: a Llama (SwiGLU MLPs, head_dim = hidden_size / num_heads, no GQA, untied embeddings).
+Dense: a Llama (SwiGLU MLPs, head_dim = hidden_size / num_heads, untied embeddings; grouped-query attention
+with `num_kv_heads` < num_heads).
 Mixture of experts (`TinyTeacherConfig.moe`; the seed's real teacher is a DeepSeek-style MoE): Qwen2-MoE,
 the closest small architecture to DeepSeek-MoE that both transformers and vLLM run on CPU. Every decoder
 layer's MLP is `num_experts` routed SwiGLU experts (top-`num_experts_per_tok` softmax routing, weights not
@@ -67,7 +68,7 @@ def make_model(cfg: TinyTeacherConfig, vocab_size: int, eot_id: int):
         intermediate_size=cfg.intermediate_size,  # MoE: unused, every layer is sparse (decoder_sparse_step=1)
         num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads or cfg.num_heads,
         max_position_embeddings=cfg.max_position_embeddings,
         tie_word_embeddings=False,
         bos_token_id=eot_id,

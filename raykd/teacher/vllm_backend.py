@@ -13,6 +13,10 @@ end to a few flat Python lists per request (no per-token dicts or strings); `row
 the `(N, k)` arrays of raykd/signals/teacher_signals.py. vLLM does not return the tail mass: it is `1 - sum(top-k probs)`,
 computed in float64 and floored at what float32 log-probs resolve (`tail_logprob`).
 
+That is the fallback. By default (`teacher.vllm.scoring: auto`) the engine computes the same signals itself,
+as arrays with no Python object per position (raykd/teacher/vllm_topk.py: a vLLM worker extension with a
+fused top-k kernel); `start()` enables it once and logs which path serves, with the reason for a fallback.
+
 A prompt of exactly the engine's max_model_len is refused by vLLM (it must generate >= 1 token), so the
 longest scorable sequence, `self.max_model_len`, is one less than the engine's.
 
@@ -24,7 +28,7 @@ vLLM is imported inside the functions that need it: importing this module import
 from __future__ import annotations
 
 import asyncio
-import itertools
+import json
 import logging
 import os
 import time
@@ -39,11 +43,17 @@ from raykd.config import ConfigError, TeacherConfig, VllmConfig
 from raykd.config.teacher import CPU_HEAD_SIZES
 from raykd.signals import TeacherSignals
 from raykd.teacher.backend import Generation
+from raykd.teacher.logprob_arrays import (  # noqa: F401 - compare_signals, tail_logprob: re-exported
+    compare_signals,
+    rows_from_flat,
+    signals_from_packed,
+    signals_from_rows,
+    split_packed,
+    tail_logprob,
+)
+from raykd.teacher.vllm_topk import EXTENSION, EXTRA_KEY
 
 log = logging.getLogger(__name__)
-
-# A float32 log-softmax cannot resolve probability mass below about one ulp of 1.0 per summed entry.
-_F32_ULP = 2.0**-23
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -142,78 +152,6 @@ def check_vllm_teacher(
     return facts
 
 
-# --------------------------------------------------------------------------------------------- conversion
-def rows_from_flat(flat: Any, n_rows: int, k: int, prompt: bool) -> tuple[np.ndarray, np.ndarray]:
-    """`(n_rows, k + 1)` int32 ids and float32 log-probs from a vLLM `FlatLogprobs`.
-
-    Column 0 is the actual token (the next prompt token, or the sampled one), columns 1..k the top-k, most
-    likely first: vLLM stores exactly 1 + k entries per position in flat mode (no de-duplication). Prompt
-    log-probs start with an empty entry for position 0 (nothing predicts the first token).
-    """
-    start = flat.start_indices[1] if prompt else 0
-    size = len(flat.token_ids) - start
-    if size != n_rows * (k + 1) or len(flat.logprobs) - start != size:
-        raise RuntimeError(f"vLLM returned {size} log-prob entries for {n_rows} positions; expected "
-                           f"{n_rows} x (1 actual token + top_k={k}) (has vLLM's FlatLogprobs layout changed?)")
-    # fromiter with a count: one pass over the Python list, no intermediate object array (~30 % faster).
-    ids = np.fromiter(itertools.islice(flat.token_ids, start, None), np.int32, size)
-    lps = np.fromiter(itertools.islice(flat.logprobs, start, None), np.float32, size)
-    return ids.reshape(n_rows, k + 1), lps.reshape(n_rows, k + 1)
-
-
-def tail_logprob(topk_logprobs: np.ndarray, vocab_size: int) -> np.ndarray:
-    """`(N,)` log of the mass outside the top-k, `log(1 - sum exp(topk))`, from `(N, k)` T = 1 log-probs.
-
-    float64 with `expm1` so that a top-k mass close to 1 keeps its digits; floored at k float32 ulps of 1.0,
-    the resolution of the float32 log-softmax the log-probs come from (below it the difference is noise).
-    -inf when the top-k is the whole vocabulary.
-    """
-    n, k = topk_logprobs.shape
-    if k >= vocab_size:
-        return np.full(n, -np.inf, np.float32)
-    x = topk_logprobs.astype(np.float64)
-    m = x.max(axis=1, keepdims=True)
-    lse = m[:, 0] + np.log(np.exp(x - m).sum(axis=1))  # log of the top-k mass, <= 0 up to rounding
-    rest = -np.expm1(np.minimum(lse, 0.0))
-    return np.log(np.maximum(rest, k * _F32_ULP)).astype(np.float32)
-
-
-def signals_from_rows(parts: list[tuple[np.ndarray, np.ndarray]], vocab_size: int) -> TeacherSignals:
-    """Concatenate per-sequence `rows_from_flat` outputs into TeacherSignals (offsets by sequence)."""
-    ids = np.concatenate([p[0] for p in parts])
-    lps = np.concatenate([p[1] for p in parts])
-    offsets = np.concatenate([[0], np.cumsum([len(p[0]) for p in parts])]).astype(np.int64)
-    topk_lp = np.ascontiguousarray(lps[:, 1:])
-    return TeacherSignals(
-        np.ascontiguousarray(ids[:, 1:]), topk_lp, tail_logprob(topk_lp, vocab_size),
-        np.ascontiguousarray(lps[:, 0]), offsets,
-    )
-
-
-def compare_signals(ref: TeacherSignals, got: TeacherSignals) -> dict[str, float]:
-    """Agreement of two teachers' signals on the same rows (e.g. transformers vs vLLM on the same weights).
-
-    top1: fraction of rows with the same most likely token; shared: fraction of top-k entries whose id is in
-    both top-k lists; median/p99/max: |log-prob difference| over those shared entries; target_*: |difference|
-    of the actual next token's log-prob; tail_max: largest |difference| of the tail mass (probability).
-    """
-    if not np.array_equal(ref.offsets, got.offsets) or ref.topk_ids.shape != got.topk_ids.shape:
-        raise ValueError("signals cover different rows or top-k sizes")
-    k = ref.top_k
-    eq = ref.topk_ids[:, :, None] == got.topk_ids[:, None, :]  # (N, k, k): entry i of ref is entry j of got
-    hit, where = eq.any(2), eq.argmax(2)
-    diff = np.abs(ref.topk_logprobs - np.take_along_axis(got.topk_logprobs, where, 1))[hit].astype(np.float64)
-    target = np.abs(ref.target_logprob.astype(np.float64) - got.target_logprob)
-    tail = np.abs(np.exp(ref.tail_logprob.astype(np.float64)) - np.exp(got.tail_logprob.astype(np.float64)))
-    return {
-        "rows": float(ref.num_rows), "top_k": float(k),
-        "top1": float(np.mean(ref.topk_ids[:, 0] == got.topk_ids[:, 0])), "shared": float(hit.mean()),
-        "median": float(np.median(diff)), "p99": float(np.quantile(diff, 0.99)), "max": float(diff.max()),
-        "target_median": float(np.median(target)), "target_max": float(target.max()),
-        "tail_max": float(np.nanmax(tail)) if tail.size else 0.0,
-    }
-
-
 # --------------------------------------------------------------------------------------------- backend
 def _cpu_head_sizes() -> tuple[int, ...]:
     try:
@@ -265,6 +203,7 @@ class VllmTeacherBackend:
             load_format="safetensors",  # never unpickle weights
             disable_log_stats=True,
             seed=0,
+            worker_extension_cls=EXTENSION if self._topk_importable() else "",
             **memory,
         )
         t0 = time.perf_counter()
@@ -275,8 +214,56 @@ class VllmTeacherBackend:
         self.max_model_len = self.engine_max_model_len - 1  # vLLM must generate >= 1 token after the prompt
         self.max_top_k = min(cfg.max_logprobs, self.vocab_size)
         self._SamplingParams, self._TokensPrompt, self._FINAL = SamplingParams, TokensPrompt, RequestOutputKind.FINAL_ONLY
+        self.scoring, self.scoring_note = "pending", ""
+        self._started: asyncio.Future | None = None
+        try:  # in a Serve replica the constructor runs on the replica's loop: choose the path right after it
+            self._started = asyncio.get_running_loop().create_task(self._choose_scoring())
+        except RuntimeError:  # no running loop (tests, benchmarks): the first request chooses
+            pass
         log.info("vLLM engine for %s (%s, %s) ready in %.1fs", model_path, facts.architecture, cfg.dtype,
                  time.perf_counter() - t0)
+
+    # ------------------------------------------------------------------ scoring path
+    def _topk_importable(self) -> bool:
+        """Can vLLM's worker import the extension? (It runs raykd's code: raykd must be importable there too.)"""
+        self._no_topk = ""
+        if self.cfg.scoring == "prompt_logprobs":
+            self._no_topk = "teacher.vllm.scoring=prompt_logprobs"
+            return False
+        try:
+            import raykd.teacher.vllm_topk  # noqa: F401
+            from vllm.platforms import current_platform
+
+            if current_platform.is_cpu():
+                import numba  # noqa: F401  (the CPU kernel)
+        except ImportError as e:
+            self._no_topk = f"cannot import the worker extension ({e})"
+        return not self._no_topk
+
+    async def start(self) -> None:
+        """Choose the scoring path once (idempotent): enable the engine top-k, or keep vLLM's prompt_logprobs.
+
+        One log line names the path and, for the fallback, the reason. teacher.vllm.scoring: engine-topk makes a
+        fallback a ConfigError instead.
+        """
+        if self._started is None:
+            self._started = asyncio.ensure_future(self._choose_scoring())
+        await asyncio.shield(self._started)
+
+    async def _choose_scoring(self) -> None:
+        reason = self._no_topk
+        if not reason:
+            try:
+                infos = await self.engine.collective_rpc("raykd_enable_topk")
+                self.scoring, self.scoring_note = "engine-topk", json.dumps(infos[0], sort_keys=True)
+                log.warning("teacher scoring: engine top-k in vLLM's worker (%s)", self.scoring_note)
+                return
+            except Exception as e:  # noqa: BLE001 - any refusal means: keep vLLM's own path
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+        self.scoring, self.scoring_note = "prompt_logprobs", reason
+        if self.cfg.scoring == "engine-topk":
+            raise ConfigError(f"teacher.vllm.scoring=engine-topk: the engine top-k cannot run here: {reason}")
+        log.warning("teacher scoring: vLLM prompt_logprobs path (fast top-k unavailable: %s)", reason)
 
     # ------------------------------------------------------------------ requests
     async def _run_all(self, prompts: list[list[int]], params: list[Any]) -> list[Any]:
@@ -332,6 +319,23 @@ class VllmTeacherBackend:
             raise ValueError("score needs at least one sequence")
         self._check_k(top_k, "top_k")
         self._check_sequences(seqs, 2, 1, "sequence")
+        await self.start()
+        if self.scoring == "engine-topk":
+            return await self.score_engine_topk(seqs, top_k)
+        return await self.score_prompt_logprobs(seqs, top_k)
+
+    async def score_engine_topk(self, seqs: list[np.ndarray], top_k: int) -> TeacherSignals:
+        """The fast path (checked sequences; `start()` enabled it): one (L_b-1, 2k+1) array per sequence."""
+        params = self._SamplingParams(
+            max_tokens=1, temperature=0.0, prompt_logprobs=top_k, flat_logprobs=True, detokenize=False,
+            output_kind=self._FINAL, extra_args={EXTRA_KEY: top_k},
+        )
+        outs = await self._run_all([s.tolist() for s in seqs], [params] * len(seqs))
+        parts = [split_packed(o.prompt_token_id_logprobs, top_k, len(s) - 1) for o, s in zip(outs, seqs)]
+        return signals_from_packed(parts, top_k, self.vocab_size)
+
+    async def score_prompt_logprobs(self, seqs: list[np.ndarray], top_k: int) -> TeacherSignals:
+        """The fallback: vLLM's prompt_logprobs, per-position lists turned into arrays (checked sequences)."""
         params = self._SamplingParams(
             max_tokens=1, temperature=0.0, prompt_logprobs=top_k, flat_logprobs=True, detokenize=False,
             output_kind=self._FINAL,

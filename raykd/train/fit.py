@@ -118,6 +118,19 @@ class Trained:
     source_data: Any  # BlockData of data.source (its held-out blocks are the evaluation's)
 
 
+def log_teacher_scoring(info, run_id: str, uri: str) -> None:
+    """Say, and tag the MLflow run with, how the teacher scores (vLLM: engine top-k, or the fallback and why)."""
+    from mlflow.tracking import MlflowClient
+
+    note = f" ({info.scoring_note})" if info.scoring == "prompt_logprobs" and info.scoring_note else ""
+    say(f"teacher scoring: {info.scoring}{note}")
+    tags = {"raykd.teacher_scoring": info.scoring, "raykd.teacher_scoring_note": info.scoring_note[:5000]}
+    client = MlflowClient(uri)
+    for key, value in tags.items():
+        if value:
+            client.set_tag(run_id, key, value)
+
+
 def train_in_run(cfg: DistillConfig, prep: Prepared, run_id: str, uri: str, train_name: str | None = None,
                  data=None) -> Trained:
     """Ingest the data (unless `data`, a BlockData, is given), deploy the teacher, train the student into MLflow
@@ -143,6 +156,7 @@ def train_in_run(cfg: DistillConfig, prep: Prepared, run_id: str, uri: str, trai
     handle = launch_teacher(cfg.teacher, prep.teacher_path, prep.fingerprint)
     info = handle.info.remote().result()
     check_teacher_info(cfg, info, student_vocab=ray.get(student_ref)[0].vocab_size)
+    log_teacher_scoring(info, run_id, uri)
     train_data = data
     if cfg.seqkd.enabled:  # sequence-level KD: train on the teacher's continuations of the data's prompts
         from raykd.data.ingest import BlockData

@@ -38,6 +38,7 @@ def test_distill_with_vllm_teacher(tmp_path, tiny_teacher, distill_cli):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run = client.search_runs([client.get_experiment_by_name("vllm-e2e").experiment_id])[0]
     assert run.info.status == "FINISHED" and run.data.params["teacher.backend"] == "vllm"
+    assert run.data.tags["raykd.teacher_scoring"] == "engine-topk", run.data.tags  # the fast path is the default
     assert run.data.metrics["loss_soft"] > 0 and "eval_teacher_heldout_loss" in run.data.metrics
     assert (tmp_path / "outputs" / "vllm-e2e" / "student" / "model.safetensors").is_file()
 

@@ -55,7 +55,8 @@ def test_moe_teacher_served_and_scored_by_both_backends(ray_cluster, moe_teacher
         vl = launch_teacher(
             TeacherConfig(backend="vllm", app_name="moe-vllm", vllm=dict(dtype="float32", kv_cache_memory_bytes=64 << 20),
                           **common), str(moe_teacher), "moe")
-        assert vl.info.remote().result().backend == "vllm"
+        info = vl.info.remote().result()
+        assert info.backend == "vllm" and info.scoring == "engine-topk", info  # the default path, on a MoE model
         ref, got = hf.score.remote(seqs, 20).result(), vl.score.remote(seqs, 20).result()
     np.testing.assert_array_equal(ref.offsets, got.offsets)
     # float32 both: routing decisions are identical unless two router logits tie within float32 noise.

@@ -61,6 +61,9 @@ def test_pack_ids_round_trip_and_size(bits):
     ids[:2] = [0, (1 << bits) - 1]  # extremes
     blob = pack_ids(ids, bits)
     assert len(blob) == (1001 * bits + 7) // 8
+    bitstring = "".join(format(int(i), f"0{bits}b") for i in ids)  # the wire layout: MSB first, zero-padded
+    bitstring += "0" * (-len(bitstring) % 8)
+    assert blob == int(bitstring, 2).to_bytes(len(bitstring) // 8, "big")
     np.testing.assert_array_equal(unpack_ids(blob, 1001, bits), ids)
 
 

@@ -12,7 +12,7 @@ from raykd.teacher.backend import TeacherBackend
 from raykd.teacher.hf_backend import ServedHFBackend
 from raykd.teacher.vllm_backend import VllmTeacherBackend
 
-METHODS = ("score", "generate", "check_health", "shutdown")
+METHODS = ("start", "score", "generate", "check_health", "shutdown")
 
 
 @pytest.mark.parametrize("cls", [ServedHFBackend, VllmTeacherBackend])
@@ -22,6 +22,7 @@ def test_backends_have_every_method_of_the_interface_with_its_parameters(cls):
         assert inspect.iscoroutinefunction(got) == inspect.iscoroutinefunction(want), f"{cls.__name__}.{name}"
         assert list(inspect.signature(got).parameters) == list(inspect.signature(want).parameters), f"{cls.__name__}.{name}"
     assert isinstance(cls.returns_extras, bool)
+    assert "scoring" in TeacherBackend.__annotations__
 
 
 def test_served_hf_backend_is_a_teacher_backend_and_refuses_vllm_only_options(tiny_teacher):

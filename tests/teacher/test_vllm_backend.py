@@ -1,5 +1,6 @@
-"""The vLLM backend's pure parts, without an engine: FlatLogprobs → TeacherSignals, the tail mass, and the
-checks that run before any engine starts (teacher path, head size, top-k, lengths).
+"""The vLLM backend's pure parts, without an engine: FlatLogprobs and the engine top-k's packed rows →
+TeacherSignals, the tail mass, the choice of scoring path, and the checks that run before any engine starts
+(teacher path, head size, top-k, lengths).
 
     pytest tests/teacher/test_vllm_backend.py
 
@@ -21,7 +22,9 @@ from raykd.teacher.vllm_backend import (
     CPU_HEAD_SIZES,
     check_vllm_teacher,
     rows_from_flat,
+    signals_from_packed,
     signals_from_rows,
+    split_packed,
     tail_logprob,
 )
 
@@ -116,6 +119,90 @@ def test_tail_invariants():
     assert np.all(np.isfinite(t)) and np.all(t == np.float32(np.log(2 * 2.0**-23)))
 
 
+# --------------------------------------------------------------------------------------------- engine top-k path
+def packed_rows(lp: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
+    """What the engine-side top-k returns per request: [k log-probs | k ids as int32 bits | target log-prob]."""
+    lp32 = lp.astype(np.float32)
+    top = np.argsort(-lp32, axis=1, kind="stable")[:, :k].astype(np.int32)
+    target = lp32[np.arange(len(lp32)), targets]
+    return np.concatenate([np.take_along_axis(lp32, top, 1), top.view(np.float32), target[:, None]], 1)
+
+
+@pytest.mark.parametrize("k", [1, 5, 64])
+def test_packed_rows_give_the_signals_of_the_prompt_logprobs_rows(k):
+    rng = np.random.default_rng(4)
+    vocab, lengths = 300, [7, 2, 12]
+    lp = log_softmax(rng.normal(0, 3, (sum(n - 1 for n in lengths), vocab)))
+    targets = rng.integers(0, vocab, len(lp))
+    flat_parts, packed_parts, row = [], [], 0
+    for n in lengths:
+        rows = slice(row, row + n - 1)
+        flat_parts.append(rows_from_flat(vllm_layout(lp[rows], targets[rows], k, prompt=True), n - 1, k, prompt=True))
+        packed_parts.append(split_packed(packed_rows(lp[rows], targets[rows], k), k, n - 1))
+        row += n - 1
+    ref, got = signals_from_rows(flat_parts, vocab), signals_from_packed(packed_parts, k, vocab)
+    for name in ("offsets", "topk_ids", "topk_logprobs", "tail_logprob", "target_logprob"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(ref, name), err_msg=name)  # same floats in, same out
+    assert got.topk_ids.dtype == np.int32 and got.topk_ids.flags.c_contiguous and got.target_logprob.flags.c_contiguous
+
+
+def test_a_packed_reply_of_the_wrong_shape_is_an_error_naming_the_switch():
+    with pytest.raises(RuntimeError, match=r"returned nothing .*\(teacher.vllm.scoring: prompt_logprobs avoids this path\)"):
+        split_packed(None, 5, 3)
+    with pytest.raises(RuntimeError, match=r"expected \(3, 11\) float32"):
+        split_packed(np.zeros((3, 9), np.float32), 5, 3)
+
+
+class FakeEngine:
+    def __init__(self, error: Exception | None = None):
+        self.error, self.calls = error, 0
+
+    async def collective_rpc(self, method: str):
+        self.calls += 1
+        assert method == "raykd_enable_topk"
+        if self.error:
+            raise self.error
+        return [{"kernel": "numba", "device": "cpu"}]
+
+
+def backend_with(engine: FakeEngine, scoring: str = "auto", importable: bool = True):
+    """A VllmTeacherBackend whose engine is `engine` (the path choice only; no vLLM)."""
+    from raykd.config import VllmConfig
+    from raykd.teacher.vllm_backend import VllmTeacherBackend
+
+    b = VllmTeacherBackend.__new__(VllmTeacherBackend)
+    b.cfg, b.engine, b._started = VllmConfig(scoring=scoring), engine, None
+    b._no_topk = "" if importable else "cannot import the worker extension (No module named 'numba')"
+    if scoring == "prompt_logprobs":
+        b._no_topk = "teacher.vllm.scoring=prompt_logprobs"
+    return b
+
+
+def test_scoring_path_is_chosen_once_and_a_fallback_is_logged_with_its_reason(caplog):
+    import asyncio
+
+    ok = backend_with(FakeEngine())
+    asyncio.run(ok.start())
+    asyncio.run(ok.start())
+    assert (ok.scoring, ok.engine.calls) == ("engine-topk", 1) and "numba" in ok.scoring_note
+
+    refused = backend_with(FakeEngine(RuntimeError("Traceback...\nTopkUnavailable: tensor_parallel_size=2, ...")))
+    with caplog.at_level("WARNING", logger="raykd.teacher.vllm_backend"):
+        asyncio.run(refused.start())
+    assert refused.scoring == "prompt_logprobs" and refused.scoring_note == "TopkUnavailable: tensor_parallel_size=2, ..."
+    assert "teacher scoring: vLLM prompt_logprobs path (fast top-k unavailable: TopkUnavailable: tensor_parallel_size=2" \
+        in caplog.text
+
+    for b, reason in ((backend_with(FakeEngine(), importable=False), "No module named 'numba'"),
+                      (backend_with(FakeEngine(), scoring="prompt_logprobs"), "teacher.vllm.scoring=prompt_logprobs")):
+        asyncio.run(b.start())
+        assert b.scoring == "prompt_logprobs" and reason in b.scoring_note and b.engine.calls == 0
+
+    forced = backend_with(FakeEngine(RuntimeError("no sample_tokens")), scoring="engine-topk")
+    with pytest.raises(ConfigError, match="teacher.vllm.scoring=engine-topk: the engine top-k cannot run here: no sample"):
+        asyncio.run(forced.start())
+
+
 # --------------------------------------------------------------------------------------------- checks
 def write_model_dir(path: Path, *, hidden: int = 64, heads: int = 1, max_pos: int = 64, weights: str = "model.safetensors",
                     arch: str = "LlamaForCausalLM") -> Path:
@@ -179,12 +266,15 @@ def test_moe_field_keeps_dense_fingerprints():
     from raykd.teacher.build import TEACHER_FORMAT, teacher_fingerprint
 
     dense = TinyTeacherConfig()
-    later = ("moe", "chat_template", "chat_data", "chat_fields", "corpus", "task_fraction")  # added after the first dense teachers were cached
+    later = ("moe", "num_kv_heads", "chat_template", "chat_data", "chat_fields", "corpus", "task_fraction")  # added later
     legacy = json.dumps({"format": TEACHER_FORMAT, "cfg": {k: v for k, v in dense.model_dump(mode="json").items()
                                                            if k not in later}}, sort_keys=True, separators=(",", ":"))
     assert teacher_fingerprint(dense) == hashlib.sha256(legacy.encode()).hexdigest()[:16]
     assert teacher_fingerprint(TinyTeacherConfig(moe={})) != teacher_fingerprint(dense)
     assert teacher_fingerprint(TinyTeacherConfig(chat_template=True)) != teacher_fingerprint(dense)
+    assert teacher_fingerprint(TinyTeacherConfig(num_kv_heads=1)) != teacher_fingerprint(dense)
+    with pytest.raises(ValueError, match="num_heads 2 is not divisible by num_kv_heads 3"):
+        TinyTeacherConfig(num_kv_heads=3)
     with pytest.raises(ValueError, match="num_experts_per_tok 9 exceeds num_experts 8"):
         TinyTeacherConfig(moe={"num_experts": 8, "num_experts_per_tok": 9})
 

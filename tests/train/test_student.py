@@ -49,7 +49,7 @@ def test_micro_batch_losses_add_up_to_the_global_token_mean():
         for rows in np.split(np.arange(b), parts):
             sig = signals.take_sequences(rows.tolist())
             loss, metrics = objective.compute_loss(0, model(input_ids=ids[rows]), ids[rows], sig,
-                                                   loss_mask=loss_mask[rows], denominator=total if denominator else None)
+                                                   token_mask=loss_mask[rows], denominator=total if denominator else None)
             (loss if denominator else loss / parts).backward()
             value += metrics["loss"] if denominator else metrics["loss"] / parts
         return value, [p.grad.clone() for p in model.parameters()]
