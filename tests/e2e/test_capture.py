@@ -53,13 +53,16 @@ def test_capture_writes_shards_and_resumes(captured):
 
 
 def test_online_signals_equal_offline_signals(captured):
-    from raykd.capture import blocks_to_capture
+    from raykd.capture import capture_prepare, split_range
+    from raykd.data.ingest import ingest
     from raykd.signals.store import SignalStore
     from raykd.signals.format import from_ipc, sequence_hash, unpack
     from raykd.teacher.service import teacher_handle
 
     cfg, summary = captured
-    prep, blocks = blocks_to_capture(cfg)
+    prep = capture_prepare(cfg)
+    data = ingest(cfg.data, prep.teacher_path, prep.chat_template, prep.chunks)  # the blocks run_capture scored
+    blocks = data.take(*split_range(data, cfg.split)).ids
     some = blocks[[3, 40, 17, 0, 29]]
     handle = teacher_handle(APP)
     offline = SignalStore(summary["output_dir"], fingerprint=prep.fingerprint, top_k=TOP_K, strict=True,
