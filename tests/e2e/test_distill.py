@@ -88,22 +88,30 @@ def test_distill_end_to_end(tmp_path, tiny_teacher, teacher_app, distill_cli):
 FAILING_DISTILL = textwrap.dedent("""
     import sys
 
-    import numpy as np
+    import raykd.train.loop as loop
 
-    import raykd.train.fit as fit
+    real_loop = loop.train_loop_per_worker
 
-    real_put_data = fit.put_data
+    def loop_with_a_bad_token(config):  # pickled by value into each Train worker
+        import raykd.train.batches as batches
 
-    def put_bad_data(tokens, weights):
-        bad = np.array(tokens)
-        bad[:, 5] = 10**6
-        return real_put_data(bad, weights)
+        real_batches = batches.step_batches
 
-    fit.put_data = put_bad_data
+        def bad_batches(*args, **kwargs):
+            for batch in real_batches(*args, **kwargs):
+                batch.ids = batch.ids.copy()
+                batch.ids[:, 5] = 10**6  # no such token: the embedding lookup fails inside the worker
+                yield batch
+
+        batches.step_batches = bad_batches
+        return real_loop(config)
+
+    loop.train_loop_per_worker = loop_with_a_bad_token
     from raykd.cli import main
 
     sys.exit(main(["distill", *sys.argv[1:]]))
 """)
+
 
 
 def test_an_error_inside_a_worker_reaches_the_console(tmp_path, tiny_teacher, teacher_app, cluster_env):
