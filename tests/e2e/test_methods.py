@@ -34,7 +34,7 @@ def test_composed_methods_end_to_end(tmp_path, tiny_teacher, teacher_app, distil
     data = tmp_path / "feedback.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))
     client, run, _ = _run(distill_cli, tmp_path, tiny_teacher, "composed", [
-        f"data.source={data}", "data.weight_field=score", "loss.divergence=jsd", "loss.beta=0.3",
+        f"data.source={data}", "data.weight_field=score", "loss.alpha=0.5", "loss.divergence=jsd", "loss.beta=0.3",
         "loss.alpha_schedule.warmup_steps=4", "loss.alpha_schedule.warmup_from=0.0",
         "loss.dynamic_temperature.rule=entropy", "loss.hidden.weight=0.5", "loss.hidden.layer_map={1: 2}",
         "loss.attention.weight=1.0", "loss.attention.layer_map={1: 2}", "loss.adversarial.weight=0.1",
