@@ -139,7 +139,7 @@ def _entry(rank: int, world: int, port: int, out_dir: str, fn, args, kwargs) -> 
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         result = fn(*args, rank=rank, world=world, **kwargs)
-        torch.save(result, Path(out_dir) / f"{rank}.pt")
+        torch.save(_to_tensors(result), Path(out_dir) / f"{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -152,4 +152,32 @@ def run_spmd(world: int, fn, *args: Any, **kwargs: Any) -> list[Any]:
     with tempfile.TemporaryDirectory() as out:
         mp.start_processes(_entry, args=(world, _free_port(), out, fn, args, kwargs), nprocs=world, join=True,
                            start_method="spawn")
-        return [torch.load(Path(out) / f"{r}.pt", weights_only=False) for r in range(world)]
+        return [_from_tensors(torch.load(Path(out) / f"{r}.pt", weights_only=True)) for r in range(world)]
+
+
+_NDARRAY = "__ndarray__"
+
+
+def _to_tensors(obj):
+    """A rank's result in types torch.load(weights_only=True) reads: numpy arrays become marked tensors."""
+    import torch
+
+    if isinstance(obj, np.ndarray):
+        return {_NDARRAY: torch.from_numpy(np.ascontiguousarray(obj))}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: _to_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_tensors(v) for v in obj)
+    return obj
+
+
+def _from_tensors(obj):
+    if isinstance(obj, dict):
+        if set(obj) == {_NDARRAY}:
+            return obj[_NDARRAY].numpy()
+        return {k: _from_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_from_tensors(v) for v in obj)
+    return obj
