@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,20 +38,11 @@ LEVELS = (1, 2, 3, 4)
 
 
 def machine() -> str:
-    model, flags = platform.machine(), set()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "Model name":
-                model = value.strip()
-            elif key.strip() == "Flags":
-                flags = set(value.split())
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    have = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{model} ({', '.join(have) or 'no avx512'}), {os.cpu_count()} cores, {mem:.0f} GiB, no GPU"
+    """The machine line of the results file (benchmarks/common.py reads lscpu and /proc/meminfo)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import describe, describe_line
+
+    return describe_line(describe())
 
 
 def load() -> str:
