@@ -7,6 +7,9 @@
     rows = sorted_rows(ds.iter_batches(batch_size=None, batch_format="numpy"))             # ... in step order
     ds = data.blocks(0, data.n_train)                               # block rows in order (capture)
 
+Sources up to `data.driver_ingest_mb` skip the actor pool: the driver runs the same EncodeChunks on each chunk
+and puts its row in the object store (identical rows; the pool costs ~10 s to start on a small machine).
+
 Pipeline: `from_items(chunks)` → `map_batches(EncodeChunks)` (an actor pool; each actor loads the tokenizer
 once and runs raykd/data/blocks.py `encode_chunk`: read → check → render/tokenize → pack) → one Arrow row per
 chunk with its blocks flattened (`ids`, `mask`, `segment`, `weight` lists) and its PackStats. The rows stay in
@@ -111,11 +114,15 @@ def _configure_context(ctx) -> None:
 
 def ingest(cfg: DataConfig, tokenizer_path: str, template: str | None, chunks: list[Chunk], field: str = "data",
            max_actors: int | None = None) -> "BlockData":
-    """Run the Ray Data pipeline over `chunks`; raise the first malformed record as a one-line ConfigError."""
+    """Run the Ray Data pipeline over `chunks` (in the driver up to cfg.driver_ingest_mb); raise the first malformed
+    record as a one-line ConfigError."""
     import ray
 
     ctx = ray.data.DataContext.get_current()
     _configure_context(ctx)
+    total_bytes = sum(c.nbytes for c in chunks) or 1
+    if total_bytes <= cfg.driver_ingest_mb * 2**20:
+        return _ingest_in_driver(cfg, tokenizer_path, template, chunks, field)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     actors = max(1, min(len(chunks), max_actors or cpus))
     ds = ray.data.from_items([c.to_dict() for c in chunks], override_num_blocks=len(chunks))
@@ -129,7 +136,6 @@ def ingest(cfg: DataConfig, tokenizer_path: str, template: str | None, chunks: l
                             # a restart could not rebuild it (its constructor arguments live in the object store)
                             max_restarts=0)
     stats_of = ray.remote(num_cpus=0)(_chunk_stats)
-    total_bytes = sum(c.nbytes for c in chunks) or 1
     bytes_of = {c.index: c.nbytes for c in chunks}
     progress = Progress(total_bytes, every_s=10)
     refs: list[Any] = []
@@ -151,13 +157,35 @@ def ingest(cfg: DataConfig, tokenizer_path: str, template: str | None, chunks: l
         if err is not None:
             raise err from None
         raise
+    return _block_data(cfg, refs, rows, progress.elapsed(), field, "Ray Data")
+
+
+def _ingest_in_driver(cfg: DataConfig, tokenizer_path: str, template: str | None, chunks: list[Chunk],
+                      field: str) -> "BlockData":
+    """The same chunk rows as the Ray Data pipeline, made by EncodeChunks in this process (small sources)."""
+    import pyarrow as pa
+    import ray
+
+    progress = Progress(1)
+    encode = EncodeChunks(tokenizer_path, cfg.model_dump(), template)
+    refs, rows = [], []
+    for c in chunks:
+        table = encode(pa.Table.from_pylist([c.to_dict()]))
+        refs.append(ray.put(table))
+        rows += _chunk_stats(table)
+    return _block_data(cfg, refs, rows, progress.elapsed(), field, "in the driver")
+
+
+def _block_data(cfg: DataConfig, refs: list, rows: list[dict], seconds: float, field: str, where: str) -> "BlockData":
+    import ray
+
     rows.sort(key=lambda r: r["chunk"])
     stats = PackStats()
     for r in rows:
         stats = stats.add(PackStats(**{k: r[k] for k in STAT_FIELDS}))
     counts = np.array([r["blocks"] for r in rows], np.int64)
     data = BlockData(ray.data.from_arrow_refs(refs), counts, cfg.seq_len, stats, cfg.weight_field is not None,
-                     seconds=progress.elapsed())
+                     seconds=seconds, made_by=where)
     data.split(cfg.val_fraction, cfg.max_sequences, field)
     return data
 
@@ -172,6 +200,7 @@ class BlockData:
     stats: PackStats
     weighted: bool = False
     seconds: float = 0.0  # ingest wall time
+    made_by: str = "Ray Data"  # or "in the driver" (small sources: raykd/config DataConfig.driver_ingest_mb)
     n_train: int = 0  # blocks trained on: 0..n_train-1
     n_val: int = 0  # held-out blocks: the last n_val of the stream
 

@@ -99,7 +99,7 @@ def ingest_data(cfg: DistillConfig, prep: Prepared):
     from raykd.data.ingest import ingest
 
     data = ingest(cfg.data, prep.teacher_path, prep.chat_template, prep.chunks, prep.field)
-    say(f"data: {data.describe()} (Ray Data, {data.seconds:.1f}s)")
+    say(f"data: {data.describe()} ({data.made_by}, {data.seconds:.1f}s)")
     return data
 
 

@@ -56,7 +56,8 @@ def _reference(cfg, tokenizer, template):
 @pytest.mark.parametrize("fmt", ["chat", "text"])
 def test_ray_data_yields_the_in_process_blocks_in_the_seeded_order(ray_cluster, tiny_teacher, shared_data, tmp_path,
                                                                    fmt):
-    """Ray Data's blocks equal the in-process packing, block for block; each Train worker's rows, read through
+    """The ingest's blocks (Ray Data's actor pool for the chat source; the driver for the small text source) equal
+    the in-process packing, block for block; each Train worker's rows, read through
     the DataConfig Ray Train uses (StepOrderData → get_dataset_shard's iterators) in windows, are the
     reference order's (raykd/data/order.py batch_indices) step for step, across epochs."""
     from transformers import AutoTokenizer
@@ -71,17 +72,18 @@ def test_ray_data_yields_the_in_process_blocks_in_the_seeded_order(ray_cluster, 
         src = tmp_path / "gsm8k.jsonl"
         _gsm8k_subset(shared_data, src, 160, long_answer=True)
         cfg = DataConfig(source=str(src), format="chat", chat_fields=FIELDS, chat_template=RAYKD_CHAT_TEMPLATE,
-                         seq_len=512, chunk_mb=0.02)
+                         seq_len=512, chunk_mb=0.02, driver_ingest_mb=0)  # Ray Data's actor pool
     else:
         src = tmp_path / "shakespeare.txt"
         src.write_text((shared_data / "data" / "tinyshakespeare" / "input.txt").read_text()[:120_000])
-        cfg = DataConfig(source=str(src), seq_len=64, chunk_mb=0.02)
+        cfg = DataConfig(source=str(src), seq_len=64, chunk_mb=0.02)  # small: packed in the driver
     tokenizer = AutoTokenizer.from_pretrained(tiny_teacher)
     template = cfg.chat_template
     chunks, ref, stats = _reference(cfg, tokenizer, template)
     assert len(chunks) >= 4  # several Ray Data tasks, so order across chunks is exercised
 
     data = ingest(cfg, str(tiny_teacher), template, chunks, max_actors=2)
+    assert data.made_by == ("Ray Data" if fmt == "chat" else "in the driver")
     assert data.stats == stats and data.n_blocks == len(ref["ids"])
     if fmt == "chat":
         assert stats.too_long >= 1 and f"{stats.too_long} record(s) longer than 512 tokens dropped" in data.describe()
@@ -130,6 +132,7 @@ def test_gsm8k_as_chat_trains_on_the_answers_and_the_teacher_scores_the_rendered
          f"teacher.path={tiny_teacher}", f"data.source={src}", f"data.chat_template={template}", "data.seq_len=512",
          "data.val_fraction=0.1", "student.num_layers=1", "train.batch_size=4", "train.max_steps=4",
          "train.warmup_steps=2", "train.log_every=2", "eval.baseline=false", "eval.max_sequences=8",
+         "data.driver_ingest_mb=0",  # through Ray Data's actor pool, as a large source is
          "eval.gen_tokens=8", "eval.gen_prompts=2", f"signals.cache_dir={cache}", "mlflow.experiment=e2e"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
@@ -139,6 +142,7 @@ def test_gsm8k_as_chat_trains_on_the_answers_and_the_teacher_scores_the_rendered
     _, ref, stats = _reference(cfg, tokenizer, RAYKD_CHAT_TEMPLATE)
     assert stats.too_long >= 1
     assert f"{stats.too_long} record(s) longer than 512 tokens dropped (longest" in proc.stderr, proc.stderr
+    assert "(Ray Data, " in proc.stderr
     ray_data_noise = ("streaming_executor", "Progress bars", "core_worker", "ray_remote_args", "MapBatches")
     assert not [line for line in proc.stderr.splitlines() if any(n in line for n in ray_data_noise)], proc.stderr
     lines = [json.loads(line) for f in sorted(trace.glob("rank*.jsonl")) for line in f.read_text().splitlines()]

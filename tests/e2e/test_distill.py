@@ -48,11 +48,14 @@ def assert_readable_console(proc: subprocess.CompletedProcess, max_lines: int = 
 
 def test_distill_end_to_end(tmp_path, tiny_teacher, teacher_app, distill_cli):
     """The quickstart's shape, small: KD student + hard-label baseline, MLflow run tree, exported student, and a
-    console of raykd's own lines (stage lines, one bar per training, the table)."""
+    console of raykd's own lines (stage lines, one bar per training, the table). With sequence-level KD on: the
+    KD student trains on the served teacher's continuations of 24 prompts, the baseline on the data."""
     proc = distill_cli(tmp_path, "run_name=e2e", f"teacher.path={tiny_teacher}", *TINY_DISTILL, "train.max_steps=6",
-                       "train.log_every=3", "train.checkpoint_every=3", "mlflow.experiment=e2e")
+                       "train.log_every=3", "train.checkpoint_every=3", "mlflow.experiment=e2e",
+                       "seqkd.enabled=true", "seqkd.prompt_tokens=8", "seqkd.max_new_tokens=24", "seqkd.max_prompts=24")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "kd student" in proc.stdout and "hard-label student" in proc.stdout and "teacher" in proc.stdout
+    assert "seqkd: 24/24 prompts" in proc.stderr
     lines = assert_readable_console(proc)
     bars = [line for line in lines if re.match(r"\[raykd\] train (student|hard-label student) \[#{20}\] 6/6 steps", line)]
     assert len(bars) == 2, "\n".join(lines)  # each training ends its bar at 6/6 ...
@@ -69,6 +72,7 @@ def test_distill_end_to_end(tmp_path, tiny_teacher, teacher_app, distill_cli):
         assert key in main.data.metrics, key
     assert [m.step for m in client.get_metric_history(main.info.run_id, "loss")] == [3, 6]
     assert main.data.params["loss.alpha"] == "0.9" and base.data.params["loss.alpha"] == "0.0"
+    assert main.data.params["seqkd.enabled"] == "True" and base.data.params["seqkd.enabled"] == "False"
     artifacts = {a.path for a in client.list_artifacts(main.info.run_id)}
     assert {"student", "eval_table.txt", "training_curves.png"} <= artifacts
 
@@ -142,7 +146,7 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path, tiny_teacher):
     """The driver and its embedded cluster SIGKILLed after the first registered checkpoint; the same command
     continues the MLflow run from that checkpoint and trains none of the earlier steps again."""
     cmd = [sys.executable, "-m", "raykd.cli", "distill", "--config", str(QUICKSTART), "run_name=resume",
-           f"teacher.path={tiny_teacher}", *TINY_DISTILL, "train.max_steps=150", "train.log_every=5",
+           f"teacher.path={tiny_teacher}", *TINY_DISTILL, "train.max_steps=40", "train.log_every=5",
            "train.checkpoint_every=10", "eval.baseline=false", "mlflow.experiment=e2e"]
     env = {**own_cluster_env(tmp_path), "RAYKD_BATCH_TRACE": str(tmp_path / "trace")}  # every step's blocks
     ckpt_root = tmp_path / "cache" / "runs" / "resume"
@@ -165,7 +169,7 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path, tiny_teacher):
     assert second.returncode == 0, second.stderr[-4000:]
     assert "resuming from step" in second.stderr, second.stderr[-3000:]
     resumed_step = int(second.stderr.split("resuming from step ")[1].split()[0])
-    assert 10 <= resumed_step < 150  # the killed run had not finished
+    assert 10 <= resumed_step < 40  # the killed run had not finished
     assert_readable_console(second)  # an embedded cluster's start says nothing either
 
     client, runs = _runs(tmp_path)
@@ -174,7 +178,7 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path, tiny_teacher):
     # Training went on from the checkpoint: the resumed run's first logged step is the next log step after it,
     # nothing before it was trained again, and the history reaches the end.
     resumed = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss") if m.timestamp >= restart)
-    assert resumed[0] == resumed_step + 5 and resumed[-1] == 150, resumed
+    assert resumed[0] == resumed_step + 5 and resumed[-1] == 40, resumed
 
     # Every sample the uninterrupted run trains on was trained on: the killed run's steps before the checkpoint
     # and the resumed run's from it cover every (step, worker), each with the blocks of the seeded order
@@ -190,10 +194,10 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path, tiny_teacher):
             except ValueError:  # the line the SIGKILL cut short
                 continue
             seen.setdefault((r["step"], r["rank"]), []).append(r["index"])
-    assert sorted(seen) == [(s, r) for s in range(150) for r in range(2)]
+    assert sorted(seen) == [(s, r) for s in range(40) for r in range(2)]
     for r in range(2):
         order = batch_indices(n_train, 8, 2, r, 0, 0)
-        for s in range(150):
+        for s in range(40):
             expected = next(order).tolist()
             assert all(got == expected for got in seen[(s, r)]), (s, r)
         assert len(seen[(resumed_step, r)]) >= 1 and all(len(seen[(s, r)]) == 1 for s in range(resumed_step))

@@ -1,5 +1,6 @@
-"""The distillation methods through the real `raykd distill` (Serve teacher, 2 Train workers, MLflow), on the
-session cluster and its teacher (tests/e2e/conftest.py).
+"""The distillation methods, composed, through the real `raykd distill` (Serve teacher, 2 Train workers, MLflow), on
+the session cluster and its teacher (tests/e2e/conftest.py). Sequence-level KD runs in test_distill.py's
+end-to-end run.
 
     pytest -m slow tests/e2e/test_methods.py
 """
@@ -50,12 +51,3 @@ def test_composed_methods_end_to_end(tmp_path, tiny_teacher, teacher_app, distil
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"dynamic_temperature_hist.png", "adversarial_curves.png"} <= artifacts
     assert run.data.params["loss.divergence"] == "jsd" and run.data.params["data.weight_field"] == "score"
-
-
-def test_sequence_level_kd_end_to_end(tmp_path, tiny_teacher, teacher_app, distill_cli):
-    client, run, proc = _run(distill_cli, tmp_path, tiny_teacher, "seqkd", [
-        "seqkd.enabled=true", "seqkd.prompt_tokens=8", "seqkd.max_new_tokens=24", "seqkd.max_prompts=24",
-        "loss.alpha=0.5",
-    ])
-    assert "seqkd: 24/24 prompts" in proc.stderr
-    assert run.data.params["seqkd.enabled"] == "True" and "loss_soft" in run.data.metrics

@@ -1,6 +1,6 @@
-"""Two pipelines logged to a real `mlflow server` (sqlite backend, 127.0.0.1, free port), then compared
-through its REST API the way the UI's comparison page reads them (slow: runs Ray, Serve and Train); and the
-server started with the infra/ Deployment's own command line.
+"""Two pipelines logged to a real `mlflow server` started with the infra/ Deployment's own command line (sqlite
+backend, 127.0.0.1, free port), then compared through its REST API the way the UI's comparison page reads them
+(slow: runs Ray, Serve and Train); the Deployment's host allow-list and artifact proxy on the same server.
 
 Checks what side-by-side comparison needs: both parent runs and all stage runs are found by tag, carry the
 same metric keys and the params that differ, their curves come back from the metric history, plots and
@@ -37,29 +37,31 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
+    """ONE `mlflow server` for the module, started with the infra/ Deployment's own command line (paths, host and
+    port swapped for local ones): the pipelines log to it and the manifest checks run against it."""
     import requests
 
     root = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=(root / "server.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True, env=SERVER_ENV,
-    )
+    args = mlflow_args()
+    args.update({"host": "127.0.0.1", "port": str(port), "backend-store-uri": f"sqlite:///{root}/mlflow.db",
+                 "artifacts-destination": str(root / "artifacts")})
+    argv = [sys.executable, "-m", "mlflow", "server"] + [f"--{k}={v}" if v else f"--{k}" for k, v in args.items()]
+    proc = subprocess.Popen(argv, stdout=(root / "server.log").open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True, env=SERVER_ENV)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 600  # seconds normally; minutes on a 2-core machine under load
     try:
         while True:
             try:
                 if requests.get(f"{url}/health", timeout=5).text.strip() == "OK":
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or too slow to answer
                 pass
             assert proc.poll() is None, (root / "server.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "mlflow server did not come up"
             time.sleep(1)
-        yield url
+        yield url, root
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -82,7 +84,7 @@ def two_pipelines(mlflow_server, ray_cluster, tiny_teacher, tmp_path_factory):
     results = {}
     try:
         for name, alpha in (("cmp-a", 0.8), ("cmp-b", 0.3)):
-            tree = tiny_pipeline(tiny_teacher, tmp, name=name, tracking_uri=mlflow_server, domain_steps=6)
+            tree = tiny_pipeline(tiny_teacher, tmp, name=name, tracking_uri=mlflow_server[0], domain_steps=6)
             tree["defaults"]["teacher"]["app_name"] = "cmp-teacher"
             tree["stages"] = [tree["stages"][2]]
             tree["stages"][0]["loss"]["alpha"] = alpha
@@ -107,7 +109,7 @@ def _api(url: str, method: str, path: str, **kwargs):
 def test_runs_of_several_pipelines_compare_side_by_side(mlflow_server, two_pipelines):
     import requests
 
-    url = mlflow_server
+    url, _ = mlflow_server
     exp = _api(url, "GET", "experiments/get-by-name", params={"experiment_name": "pipelines"})["experiment"]
     search = lambda flt: _api(url, "POST", "runs/search", json={"experiment_ids": [exp["experiment_id"]],  # noqa: E731
                                                                  "filter": flt, "max_results": 100}).get("runs", [])
@@ -163,49 +165,19 @@ def test_runs_of_several_pipelines_compare_side_by_side(mlflow_server, two_pipel
     assert page.status_code == 200 and "<html" in page.text.lower()
 
 
-def test_mlflow_server_runs_with_the_manifest_arguments(tmp_path):
-    """The Deployment's `mlflow server` command line, run locally (paths and host swapped for local ones)."""
-    import os
-    import socket
-    import subprocess
-    import time
-
+def test_mlflow_server_runs_with_the_manifest_arguments(mlflow_server, tmp_path):
+    """The Deployment's command line (the module's server): its allowed hosts and its artifact proxy."""
+    import mlflow
     import requests
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    args = mlflow_args()
-    args.update({"host": "127.0.0.1", "port": str(port), "backend-store-uri": f"sqlite:///{tmp_path}/mlflow.db",
-                 "artifacts-destination": str(tmp_path / "artifacts")})
-    argv = ["mlflow", "server"] + [f"--{k}={v}" if v else f"--{k}" for k, v in args.items()]
-    log = open(tmp_path / "mlflow-server.log", "wb")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=SERVER_ENV)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 600  # seconds normally; minutes on a 2-core machine under load
-        while True:
-            assert proc.poll() is None, (tmp_path / "mlflow-server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow server did not answer /health in 600 s"
-            try:
-                if requests.get(f"{url}/health", timeout=5).ok:
-                    break
-            except requests.RequestException:  # not listening yet, or too slow to answer
-                time.sleep(2)
-        search = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
-        ok = requests.get(search, headers={"Host": "raykd-mlflow.raykd.svc.cluster.local:5000"}, timeout=60)
-        assert ok.status_code == 200, ok.text
-        bad = requests.get(search, headers={"Host": "evil.example.com"}, timeout=60)
-        assert bad.status_code == 403
-        import mlflow
-
-        client = mlflow.MlflowClient(url)
-        exp = client.create_experiment("infra-check")
-        run = client.create_run(exp)
-        (tmp_path / "a.txt").write_text("artifact")
-        client.log_artifact(run.info.run_id, str(tmp_path / "a.txt"))  # proxied: lands under --artifacts-destination
-        assert list((tmp_path / "artifacts").rglob("a.txt"))
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=60)
-        log.close()
+    url, root = mlflow_server
+    search = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
+    ok = requests.get(search, headers={"Host": "raykd-mlflow.raykd.svc.cluster.local:5000"}, timeout=60)
+    assert ok.status_code == 200, ok.text
+    bad = requests.get(search, headers={"Host": "evil.example.com"}, timeout=60)
+    assert bad.status_code == 403
+    client = mlflow.MlflowClient(url)
+    run = client.create_run(client.create_experiment("infra-check"))
+    (tmp_path / "a.txt").write_text("artifact")
+    client.log_artifact(run.info.run_id, str(tmp_path / "a.txt"))  # proxied: lands under --artifacts-destination
+    assert list((root / "artifacts").rglob("a.txt"))

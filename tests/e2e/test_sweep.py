@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from raykd.config import DistillConfig, load_config
-from tests.sweep.examples import ASHA_YAML, PBT_YAML
+from tests.sweep.examples import ASHA_YAML, PBT_YAML, ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +27,9 @@ SMALL = ["base.teacher.app_name=raykd-teacher", "base.data.builtin_chars=60000",
          "base.train.log_every=10", "base.train.batch_size=4", "base.eval.max_sequences=8"]
 
 
-def _sweep_cmd(config: Path, tmp_path: Path, teacher: Path, name: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "raykd.cli", "sweep", "--config", str(config), f"name={name}",
+def _sweep_cmd(config: Path, tmp_path: Path, teacher: Path, name: str, *extra: str,
+               entry: tuple[str, ...] = ("-m", "raykd.cli", "sweep")) -> list[str]:
+    return [sys.executable, *entry, "--config", str(config), f"name={name}",
             f"storage_path={tmp_path / 'sweeps'}", f"base.output_dir={tmp_path / 'out'}",
             f"base.teacher.path={teacher}", *SMALL, *extra]
 
@@ -112,8 +113,9 @@ def test_pbt_sweep_copies_checkpoints_and_records_the_schedule(tmp_path, tiny_te
 
 
 def test_interrupted_sweep_resumes_where_it_stopped(tmp_path, tiny_teacher, teacher_app, cluster_env) -> None:
+    # Through jobs/sweep.py, the `ray job submit` entrypoint (tests/e2e/test_job_submit.py submits jobs/distill.py).
     cmd = _sweep_cmd(ASHA_YAML, tmp_path, tiny_teacher, "resume", "num_samples=2", "scheduler=fifo",
-                     "base.train.max_steps=60")
+                     "base.train.max_steps=40", entry=(str(ROOT / "jobs" / "sweep.py"),))
     log = tmp_path / "first.log"
     first = subprocess.Popen(cmd, cwd=tmp_path, env=cluster_env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
     exp_dir = tmp_path / "sweeps" / "resume"
@@ -134,12 +136,12 @@ def test_interrupted_sweep_resumes_where_it_stopped(tmp_path, tiny_teacher, teac
                              timeout=1800)
     assert resumed.returncode == 0, resumed.stderr[-6000:]
     assert "resuming sweep resume" in resumed.stderr
-    # Each trial's results continue from its checkpoint: no step is reported twice, every trial reaches 60.
+    # Each trial's results continue from its checkpoint: no step is reported twice, every trial reaches 40.
     for progress in exp_dir.glob("*/progress.csv"):
         import csv
 
         steps = [int(float(row["step"])) for row in csv.DictReader(progress.open())]
-        assert steps == sorted(set(steps)) and steps[-1] == 60, (progress, steps)
+        assert steps == sorted(set(steps)) and steps[-1] == 40, (progress, steps)
     client, runs = _mlflow(tmp_path)
     parents = [r for r in runs if r.info.run_name == "resume"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # the same parent run, continued

@@ -2,6 +2,9 @@
 
     pytest -m slow tests/e2e/test_vllm_engine.py        # ~1-2 min: two engines (float32, bfloat16)
 
+The same two engines also check raykd's engine top-k path (the default) against vLLM's prompt_logprobs path
+(tests/e2e/vllm_agreement.py); the mixture-of-experts / grouped-query teacher's check is in test_vllm_moe.py.
+
 Agreement tolerances come from the dtypes:
 - float32 engine vs float32 transformers: same math, different kernels and summation order. float32 logits
   differ by ~1e-6 relative, so log-probs agree to ~1e-4 and top-1 may only differ where the top two are
@@ -23,9 +26,12 @@ import pytest
 from raykd.config import ConfigError, TeacherConfig, VllmConfig
 from raykd.teacher.vllm_backend import compare_signals
 
+from .vllm_agreement import check_mixed_requests, check_topk_paths_agree, heldout_with_ragged
+
 pytestmark = pytest.mark.slow
 
-ENGINE = dict(kv_cache_memory_bytes=64 << 20, max_logprobs=64)
+# A small step budget: a sequence longer than 256 tokens is prefilled in chunks over several engine steps.
+ENGINE = dict(kv_cache_memory_bytes=64 << 20, max_logprobs=64, max_num_batched_tokens=256)
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +82,16 @@ def vllm_fp32(tiny_teacher):
     backend.shutdown()
 
 
+@pytest.fixture(scope="module")
+def vllm_bf16(tiny_teacher, vllm_fp32):
+    # The bfloat16 tests come last: the float32 engine is stopped first (an idle engine still polls its queue,
+    # which two engines on 2 cores feel).
+    vllm_fp32.shutdown()
+    backend = make_engine(tiny_teacher, "bfloat16")
+    yield backend
+    backend.shutdown()
+
+
 def test_float32_engine_matches_transformers(loop, vllm_fp32, hf, heldout):
     seqs = heldout + [heldout[0][:2], heldout[1][:17]]  # ragged lengths, including the 2-token minimum
     ref = hf.score(seqs, 20)
@@ -90,15 +106,11 @@ def test_float32_engine_matches_transformers(loop, vllm_fp32, hf, heldout):
     np.testing.assert_allclose(np.exp(got.tail_logprob), np.exp(ref.tail_logprob), atol=1e-4)
 
 
-def test_bfloat16_engine_agrees_within_bf16_error(loop, tiny_teacher, hf, heldout):
-    backend = make_engine(tiny_teacher, "bfloat16")
-    try:
-        got = loop.run_until_complete(backend.score(heldout, 20))
-    finally:
-        backend.shutdown()
-    a = compare_signals(hf.score(heldout, 20), got)
-    print("bf16 vs fp32 agreement:", json.dumps(a))
-    assert a["top1"] > 0.9 and a["median"] < 0.05 and a["max"] < 1.0, a
+def test_engine_topk_equals_prompt_logprobs_float32(loop, vllm_fp32, tiny_teacher):
+    assert vllm_fp32.scoring == "engine-topk", vllm_fp32.scoring_note
+    seqs = heldout_with_ragged(tiny_teacher)
+    check_topk_paths_agree(loop, vllm_fp32, seqs, "float32")
+    check_mixed_requests(loop, vllm_fp32, seqs)
 
 
 def test_generation_is_greedy_and_consistent_with_scoring(loop, vllm_fp32, hf, heldout):
@@ -153,3 +165,16 @@ def test_architecture_vllm_does_not_know(tmp_path, tiny_teacher):
     with pytest.raises(ConfigError, match="architecture NoSuchModelForCausalLM is not in its model registry"):
         check_vllm_teacher(str(bad), TeacherConfig(backend="vllm"))
     check_vllm_teacher(str(tiny_teacher), TeacherConfig(backend="vllm"), top_k=20, seq_len=64)
+
+
+# ---- bfloat16 (last: its fixture stops the float32 engine)
+def test_bfloat16_engine_agrees_within_bf16_error(loop, vllm_bf16, hf, heldout):
+    got = loop.run_until_complete(vllm_bf16.score(heldout, 20))
+    a = compare_signals(hf.score(heldout, 20), got)
+    print("bf16 vs fp32 agreement:", json.dumps(a))
+    assert a["top1"] > 0.9 and a["median"] < 0.05 and a["max"] < 1.0, a
+
+
+def test_engine_topk_equals_prompt_logprobs_bfloat16(loop, vllm_bf16, tiny_teacher):
+    assert vllm_bf16.scoring == "engine-topk", vllm_bf16.scoring_note
+    check_topk_paths_agree(loop, vllm_bf16, heldout_with_ragged(tiny_teacher), "bfloat16")

@@ -1,11 +1,12 @@
-"""Two vLLM teacher replicas on Ray Serve: load from two Train-worker-like tasks spreads over both, and a
-replica killed mid-run is replaced while every batch still reaches its worker exactly once, in order.
+"""Two vLLM teacher replicas on Ray Serve: load from two Train-worker-like tasks spreads over both; `raykd distill
+teacher.backend=vllm` trains on them end to end (Serve -> 2 Train workers -> MLflow -> evaluation); a replica
+killed mid-run is replaced while every batch still reaches its worker exactly once, in order.
 
     pytest -m slow tests/e2e/test_vllm_serve.py      # a few minutes: 3 engine starts on 2 cores (session cluster)
 
-The workers are Ray tasks running the trainer's own client (`SignalPrefetcher`, window 4) against
-`teacher_handle(app_name)`, exactly as `raykd.train.loop` does; the full Ray Train path runs in
-tests/e2e/test_vllm_distill.py.
+The workers of the first and last tests are Ray tasks running the trainer's own client (`SignalPrefetcher`,
+window 4) against `teacher_handle(app_name)`, exactly as `raykd.train.loop` does. The distill run finds the
+app under its `teacher.app_name` with the same weights and backend, and reuses it (one deployment for the module).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 
 from raykd.config import TeacherConfig
 
-from .conftest import serve_app
+from .conftest import TINY_DISTILL, serve_app
 
 pytestmark = pytest.mark.slow
 
@@ -29,6 +30,7 @@ TOP_K = 8
 
 @pytest.fixture(scope="module")
 def app(ray_cluster, tiny_teacher):
+    from raykd.models import model_fingerprint
     from raykd.teacher.service import launch_teacher
 
     # On the session cluster (tests/e2e/conftest.py): 2 replicas + 2 workers share the 2 physical cores
@@ -38,7 +40,7 @@ def app(ray_cluster, tiny_teacher):
         vllm=dict(dtype="float32", kv_cache_memory_bytes=64 << 20, cpu_threads_bind="nobind"),
     )
     with serve_app(APP):
-        yield launch_teacher(cfg, str(tiny_teacher), "test-fingerprint")
+        yield launch_teacher(cfg, str(tiny_teacher), model_fingerprint(str(tiny_teacher)))
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +107,25 @@ def test_two_workers_spread_over_two_replicas(app, batches):
     served = {r: i.scored_requests - before.get(r, 0) for r, i in after.items()}
     print("score requests per replica:", served)
     assert sum(served.values()) == 32 and min(served.values()) > 0
+
+
+def test_distill_with_vllm_teacher(app, tmp_path, tiny_teacher, distill_cli):
+    proc = distill_cli(
+        tmp_path, "run_name=vllm-e2e", f"teacher.path={tiny_teacher}", "teacher.backend=vllm", f"teacher.app_name={APP}",
+        "teacher.num_replicas=2", *TINY_DISTILL, "train.max_steps=4", "train.log_every=2", "train.checkpoint_every=4",
+        "eval.baseline=false", "mlflow.experiment=vllm-e2e",
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "deploying teacher (vllm, 2 replica(s))" in proc.stderr and "kd student" in proc.stdout
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.search_runs([client.get_experiment_by_name("vllm-e2e").experiment_id])[0]
+    assert run.info.status == "FINISHED" and run.data.params["teacher.backend"] == "vllm"
+    assert run.data.tags["raykd.teacher_scoring"] == "engine-topk", run.data.tags  # the fast path is the default
+    assert run.data.metrics["loss_soft"] > 0 and "eval_teacher_heldout_loss" in run.data.metrics
+    assert (tmp_path / "outputs" / "vllm-e2e" / "student" / "model.safetensors").is_file()
 
 
 def test_killed_replica_is_replaced_and_no_batch_is_lost_or_doubled(app, batches):
