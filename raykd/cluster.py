@@ -37,7 +37,10 @@ QUIET_ENV = {
 # prints on every embedded start; it says nothing about this run.
 QUIET_LOGGERS = {"ray": logging.WARNING, "ray.serve": logging.WARNING, "ray.train": logging.WARNING,
                  "ray.tune": logging.WARNING, "ray.data": logging.ERROR,
-                 "ray._private.authentication.authentication_token_setup": logging.ERROR}
+                 "ray._private.authentication.authentication_token_setup": logging.ERROR,
+                 # transformers imports torchao when it is installed; torchao then warns about every optional kernel
+                 # the CPU wheel lacks (mxfp8, cutlass), and torch about torchao's Enum registrations
+                 "torchao": logging.ERROR, "torch.utils._pytree": logging.ERROR}
 
 
 def quiet_ray_loggers() -> None:
