@@ -42,7 +42,7 @@ def _checkpoint_steps(runs: Path, pattern: str) -> list[int]:
     return steps
 
 
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(1200)
 def test_pipeline_killed_mid_stage_resumes_and_registers(tiny_teacher, tmp_path):
     from mlflow.tracking import MlflowClient
 
