@@ -107,8 +107,10 @@ def plan_distill(cfg: DistillConfig):
     plan = resource_plan(cfg, teacher_config, student_config)
     from raykd.data.sources import mb
 
-    print(f"data: {len(prep.chunks)} chunk(s), {mb(sum(c.nbytes for c in prep.chunks))} of source, blocks of "
-          f"{cfg.data.seq_len} tokens (tokenized by Ray Data when the run starts)")
+    source = sum(c.nbytes for c in prep.chunks)
+    where = "in the driver" if source <= cfg.data.driver_ingest_mb * 2**20 else "by Ray Data"
+    print(f"data: {len(prep.chunks)} chunk(s), {mb(source)} of source, blocks of "
+          f"{cfg.data.seq_len} tokens (tokenized {where} when the run starts)")
     print(plan.render(), flush=True)
     plan.check()
     print("plan fits" + (f" {cfg.train.gpu_memory_gib:g} GiB GPUs" if cfg.train.use_gpu else ""))

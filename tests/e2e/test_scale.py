@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +21,17 @@ GPU_8B = ROOT / "jobs" / "configs" / "gpu_8b_fsdp.yaml"
 pytestmark = pytest.mark.slow
 
 
-def raykd(tmp_path: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """A child `raykd` that must not need a cluster (the dry run): no RAY_ADDRESS, so joining one would fail."""
-    return subprocess.run([sys.executable, "-m", "raykd.cli", *args], cwd=tmp_path, env=own_cluster_env(tmp_path),
-                          capture_output=True, text=True, timeout=timeout)
+def dry_run(tmp_path: Path, monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """`raykd distill --dry-run ...` in this process (it starts no cluster and no run: nothing to isolate but the
+    working directory and the stores): exit code, stdout, stderr."""
+    from raykd.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for k, v in own_cluster_env(tmp_path).items():
+        monkeypatch.setenv(k, v)
+    code = main(["distill", "--dry-run", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
 def test_fsdp_bf16_accumulation_checkpointing_and_the_export_loads_in_vllm(tmp_path, tiny_teacher, teacher_app,
@@ -96,22 +100,22 @@ def _config_only_llama(out: Path, tokenizer_from: Path, **shape) -> Path:
     return out
 
 
-def test_gpu_8b_fsdp_config_passes_the_dry_run_and_ddp_is_refused(tmp_path, tiny_teacher, shared_data):
+def test_gpu_8b_fsdp_config_passes_the_dry_run_and_ddp_is_refused(tmp_path, tiny_teacher, shared_data, monkeypatch,
+                                                                   capsys):
     teacher = _config_only_llama(tmp_path / "Llama-3.1-70B", tiny_teacher, hidden_size=8192, intermediate_size=28672,
                                  num_hidden_layers=80, num_attention_heads=64)
     student = _config_only_llama(tmp_path / "Llama-3.1-8B", tiny_teacher, hidden_size=4096, intermediate_size=14336,
                                  num_hidden_layers=32, num_attention_heads=32)
     paths = [f"teacher.path={teacher}", f"student.path={student}", f"data.source={shared_data}/data/gsm8k/test.jsonl",
              "data.text_fields=[question, answer]"]
-    proc = raykd(tmp_path, "distill", "--config", str(GPU_8B), "--dry-run", *paths, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
+    code, out, err = dry_run(tmp_path, monkeypatch, capsys, "--config", str(GPU_8B), *paths)
+    assert code == 0, err[-3000:]
     assert "teacher  2 replica(s) x 4 GPU(s) (vllm, tensor_parallel_size 4; 70.55B params)" in out
     assert "student  8 worker(s) x 1 GPU (fsdp, bf16, activation checkpointing; 8.03B params)" in out
     assert "plan fits 80 GiB GPUs" in out
-    assert not (tmp_path / "mlflow.db").exists() and "Started a local Ray instance" not in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists() and "Started a local Ray instance" not in err
 
-    refused = raykd(tmp_path, "distill", "--config", str(GPU_8B), "--dry-run", *paths, "train.strategy=ddp", timeout=300)
-    assert refused.returncode == 2
-    last = refused.stderr.strip().splitlines()[-1]
+    code, _, err = dry_run(tmp_path, monkeypatch, capsys, "--config", str(GPU_8B), *paths, "train.strategy=ddp")
+    assert code == 2
+    last = err.strip().splitlines()[-1]
     assert last.startswith("raykd: error: train: the student needs about ") and "train.strategy=fsdp" in last, last
