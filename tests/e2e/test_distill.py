@@ -3,8 +3,8 @@ console shows; a worker's error reaching the user; a killed run resuming from it
 
     pytest -m slow tests/e2e/test_distill.py
 
-The first two join the session cluster and its teacher (tests/e2e/conftest.py); the resume test owns an
-embedded cluster, killed with its driver like a lost machine.
+All three join the session cluster and its teacher (tests/e2e/conftest.py); the resumed run starts an embedded
+cluster of its own.
 """
 
 import json
@@ -142,13 +142,15 @@ def _read(path: Path) -> str:
         return ""
 
 
-def test_killed_run_resumes_from_last_checkpoint(tmp_path, tiny_teacher):
-    """The driver and its embedded cluster SIGKILLed after the first registered checkpoint; the same command
-    continues the MLflow run from that checkpoint and trains none of the earlier steps again."""
+def test_killed_run_resumes_from_last_checkpoint(tmp_path, tiny_teacher, teacher_app, cluster_env):
+    """A run on the session cluster, its driver SIGKILLed after the first registered checkpoint (Ray ends a dead
+    driver's job: its Train controller and workers go with it); the same command, on a new embedded cluster (the
+    old one lost, as a machine is), continues the MLflow run from that checkpoint and trains none of the earlier
+    steps again."""
     cmd = [sys.executable, "-m", "raykd.cli", "distill", "--config", str(QUICKSTART), "run_name=resume",
            f"teacher.path={tiny_teacher}", *TINY_DISTILL, "train.max_steps=40", "train.log_every=5",
            "train.checkpoint_every=10", "eval.baseline=false", "mlflow.experiment=e2e"]
-    env = {**own_cluster_env(tmp_path), "RAYKD_BATCH_TRACE": str(tmp_path / "trace")}  # every step's blocks
+    env = {**cluster_env, "RAYKD_BATCH_TRACE": str(tmp_path / "trace")}  # every step's blocks
     ckpt_root = tmp_path / "cache" / "runs" / "resume"
     first_log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=first_log, stderr=subprocess.STDOUT,
@@ -165,12 +167,13 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path, tiny_teacher):
     first_log.close()
 
     restart = time.time() * 1000
-    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    own = {**own_cluster_env(tmp_path), "RAYKD_BATCH_TRACE": str(tmp_path / "trace")}  # same stores, no RAY_ADDRESS
+    second = subprocess.run(cmd, cwd=tmp_path, env=own, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-4000:]
     assert "resuming from step" in second.stderr, second.stderr[-3000:]
     resumed_step = int(second.stderr.split("resuming from step ")[1].split()[0])
     assert 10 <= resumed_step < 40  # the killed run had not finished
-    assert_readable_console(second)  # an embedded cluster's start says nothing either
+    assert_readable_console(second)  # an embedded cluster's start (and its teacher's deployment) says nothing either
 
     client, runs = _runs(tmp_path)
     assert len(runs) == 1  # the killed MLflow run was continued, not duplicated
