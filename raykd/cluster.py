@@ -95,6 +95,9 @@ def init_ray(logical_cpus_needed: float) -> bool:
         _remember_log_dir()
         return False
     cpus = max(os.cpu_count() or 1, int(logical_cpus_needed + 0.999))
+    # One machine, started here: no node of it can be preempted, so Ray Train's preemption watcher (one more
+    # actor process per training run) has nothing to watch. Train reads it from this process's environment.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     ray.init(
         num_cpus=cpus,
         include_dashboard=False,

@@ -78,6 +78,9 @@ def ray_cluster(tmp_path_factory):
                    "TOKENIZERS_PARALLELISM": "false", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "900"}
     saved = {k: os.environ.get(k) for k in session_env}
     os.environ.update(session_env)
+    # As raykd does for a cluster it starts itself (raykd/cluster.py init_ray): this process and the children that
+    # join the session cluster train with no preemption watcher (a process per run with nothing to watch here).
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     try:
         for attempt in range(4):  # a loaded machine can miss Ray's fixed 30 s raylet start-up window
             try:
