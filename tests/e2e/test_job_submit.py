@@ -97,14 +97,13 @@ class LocalCluster:
     def stop(self) -> None:
         if self.proc is None:
             return
+        # The whole process group at once: `ray start --block`, its GCS, raylet, agents and workers (all started in
+        # the group this fixture made). A graceful SIGTERM teardown waits on them one by one (~30 s here) and
+        # leaves nothing the test reads.
         try:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # `ray start --block` tears its cluster down on SIGTERM
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=60)
         except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # whatever of this session is left (workers, agents)
-        except ProcessLookupError:
             pass
         self.log.close()
         shutil.rmtree(self.temp_dir, ignore_errors=True)  # session logs; the start log stays in the test's tmp

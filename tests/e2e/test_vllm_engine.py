@@ -76,18 +76,20 @@ def make_engine(path, dtype):
 
 
 @pytest.fixture(scope="module")
-def vllm_fp32(tiny_teacher):
+def vllm_fp32(tiny_teacher, loop):
     backend = make_engine(tiny_teacher, "float32")
+    loop.run_until_complete(backend.start())  # the scoring path is settled when the engine starts
     yield backend
     backend.shutdown()
 
 
 @pytest.fixture(scope="module")
-def vllm_bf16(tiny_teacher, vllm_fp32):
+def vllm_bf16(tiny_teacher, vllm_fp32, loop):
     # The bfloat16 tests come last: the float32 engine is stopped first (an idle engine still polls its queue,
     # which two engines on 2 cores feel).
     vllm_fp32.shutdown()
     backend = make_engine(tiny_teacher, "bfloat16")
+    loop.run_until_complete(backend.start())
     yield backend
     backend.shutdown()
 

@@ -49,11 +49,12 @@ def loop():
 
 
 @pytest.fixture(scope="module")
-def engine(moe_teacher):
+def engine(moe_teacher, loop):
     from raykd.teacher.vllm_backend import VllmTeacherBackend
 
     backend = VllmTeacherBackend(str(moe_teacher), VllmConfig(dtype="float32", kv_cache_memory_bytes=64 << 20,
                                                               max_logprobs=64, max_num_batched_tokens=256))
+    loop.run_until_complete(backend.start())  # the scoring path is settled when the engine starts
     yield backend
     backend.shutdown()
 
