@@ -2,8 +2,9 @@
 file states about the machine (CPU model and the flags that matter for bf16: avx512_bf16, amx_bf16; cores,
 memory, load average, library versions).
 
-    from common import describe, describe_line, loadavg, reference_teacher
+    from common import describe, describe_line, loadavg, reference_teacher, write_results
     teacher = reference_teacher()      # tiny Llama 4 x 256, vocab 4096 (built once, cached)
+    write_results("peer_trl", tag, data, render)   # benchmarks/results/peer_trl[_tag].json + .md, md printed
 """
 
 from __future__ import annotations
@@ -82,3 +83,15 @@ def describe_line(m: dict) -> str:
     bf16 = ", ".join(f for f in ("avx512_bf16", "amx_bf16") if m[f]) or "no bf16 instructions"
     return (f"{m['cpu']} ({bf16}), {m['cores']} cores, {m['memory_gib']} GiB, no GPU; Python {m['python']}, "
             f"torch {m['torch']}, transformers {m['transformers']}")
+
+
+def write_results(name: str, tag: str | None, data: dict, render) -> None:
+    """benchmarks/results/<name>[_<tag>].json (the data) and .md (`render(data)`, also printed)."""
+    import json
+
+    results = Path(__file__).resolve().parent / "results"
+    results.mkdir(exist_ok=True)
+    stem = name + (f"_{tag}" if tag else "")
+    (results / f"{stem}.json").write_text(json.dumps(data, indent=2))
+    (results / f"{stem}.md").write_text(render(data))
+    print(render(data))

@@ -38,7 +38,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
-RESULTS = ROOT / "benchmarks" / "results"
 STUDENT = {"num_layers": 2, "hidden_size": 128}
 SEQ_LEN, BATCH, LOG_EVERY, TRL_WARMUP = 512, 8, 5, 5
 CHAT_TEMPLATE = ("{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + eos_token + '\\n' }}{% endfor %}"
@@ -135,7 +134,7 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the results files")
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from common import TEACHER, describe, loadavg, reference_teacher
+    from common import TEACHER, describe, loadavg, reference_teacher, write_results
 
     from raykd.config import StudentConfig
     from raykd.models import build_student
@@ -165,11 +164,7 @@ def main() -> None:
     import trl
 
     data["machine"]["trl"] = trl.__version__
-    RESULTS.mkdir(exist_ok=True)
-    stem = "peer_trl" + (f"_{args.tag}" if args.tag else "")
-    (RESULTS / f"{stem}.json").write_text(json.dumps(data, indent=2))
-    (RESULTS / f"{stem}.md").write_text(render(data))
-    print(render(data))
+    write_results("peer_trl", args.tag, data, render)
 
 
 def render(d: dict) -> str:

@@ -40,7 +40,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
-RESULTS = ROOT / "benchmarks" / "results"
 STUDENT = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=14, num_attention_heads=12,
                num_key_value_heads=12, head_dim=64, max_position_embeddings=512, tie_word_embeddings=False)
 VOCAB = 4096  # the reference teacher's (benchmarks/common.py)
@@ -162,7 +161,7 @@ def main() -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from common import describe, loadavg, reference_teacher
+    from common import describe, loadavg, reference_teacher, write_results
 
     teacher = reference_teacher()
     config = LlamaConfig(vocab_size=VOCAB, **STUDENT)
@@ -210,11 +209,7 @@ def main() -> None:
     data = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command.strip(),
             "machine": machine, "student_params": params, "batch": args.batch, "seq_len": args.seq_len,
             "steps": args.steps, "load_avg": loads, "configs": rows}
-    RESULTS.mkdir(exist_ok=True)
-    stem = "student_scale" + (f"_{args.tag}" if args.tag else "")
-    (RESULTS / f"{stem}.json").write_text(json.dumps(data, indent=2))
-    (RESULTS / f"{stem}.md").write_text(render(data))
-    print(render(data))
+    write_results("student_scale", args.tag, data, render)
 
 
 def render(d: dict) -> str:
