@@ -48,3 +48,33 @@ def test_bad_settings_give_one_line(overrides, needle):
 def test_off_means_the_cross_checks_do_not_apply():
     """fraction 0 (off): settings that only matter on-policy are not refused."""
     load_config(DistillConfig, QUICKSTART, ["loss.on_policy.prompt_tokens=500", "train.strategy=fsdp"])
+
+
+def test_sweeps_search_lambda_and_beta(tmp_path):
+    """`loss.*` keys are sweepable as they are: lambda (fraction), beta and T as Tune dimensions, each trial's
+    DistillConfig carries them, and a space corner the config refuses is caught before any trial."""
+    from raykd.config.sweep import load_sweep, trial_config
+    from raykd.sweep.space import tune_space
+    from tests.sweep.examples import error_of, write_sweep
+
+    space = {"loss.on_policy.fraction": {"choice": [0.5, 1.0]}, "loss.beta": {"uniform": [0.1, 0.9]},
+             "loss.temperature": {"uniform": [1.0, 2.0]}}
+    sweep, base = load_sweep(write_sweep(tmp_path, space=space))
+    assert set(tune_space(sweep)) == set(space)
+    cfg = trial_config(base, sweep, {"loss.on_policy.fraction": 1, "loss.beta": 0.3, "loss.temperature": 1.5})
+    assert cfg.loss.on_policy.fraction == 1.0 and cfg.loss.beta == 0.3 and cfg.loss.on_policy.enabled
+    bad = {"loss.on_policy.fraction": {"choice": [0.0, 1.0]}, "loss.on_policy.prompt_tokens": {"choice": [8, 4096]}}
+    assert "loss.on_policy.prompt_tokens=4096" in error_of(write_sweep(tmp_path, space=bad))
+
+
+def test_pipeline_stages_can_be_on_policy():
+    """A pipeline stage is a partial DistillConfig: `loss.on_policy` passes through to the stage's config."""
+    from raykd.config.pipeline import load_pipeline_config, validate_stage
+
+    path = QUICKSTART.parent / "pipeline_three_stage.yaml"
+    cfg = load_pipeline_config(path, ["stages.instruction.loss.on_policy.fraction=1.0",
+                                      "stages.instruction.loss.on_policy.max_new_tokens=16"])
+    names = [s.name for s in cfg.stages]
+    stage = validate_stage(cfg, names.index("instruction"))
+    assert stage.loss.on_policy.fraction == 1.0 and stage.loss.on_policy.max_new_tokens == 16
+    assert not validate_stage(cfg, names.index("general")).loss.on_policy.enabled
