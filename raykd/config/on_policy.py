@@ -10,7 +10,7 @@
         temperature: 1.0
         prompt: block          # block: the first prompt_tokens of a block | records: the tokens before a completion
         prompt_tokens: 32
-        engine: hf             # hf: the Train worker generates with its current weights
+        engine: hf             # hf: the Train worker generates with its current weights; vllm: a rollout deployment
         max_staleness: 1       # rollouts for step n + 1 are written while step n trains; 0: always current weights
 
 The worker side is raykd/train/rollouts.py, the loss raykd/loss/on_policy.py. What needs other sections
@@ -56,7 +56,8 @@ class OnPolicyConfig(StrictModel):
     prompt_tokens: int = Field(32, ge=1, description="Tokens of each prompt (sequence = prompt + max_new_tokens).")
     engine: Literal["hf", "vllm"] = Field(
         "hf", description="hf: the Train worker generates with its current weights (transformers, no grad); "
-        "vllm: a student rollout deployment on Serve (not built yet: rejected).",
+        "vllm: a student rollout deployment (vLLM on Serve, teacher.vllm settings) writes them and receives the "
+        "trainer's weights every sync_every steps (raykd/train/rollout_engine.py).",
     )
     sync_every: int = Field(
         1, ge=1, description="engine vllm: optimizer steps between weight syncs to the rollout deployment.",
@@ -69,9 +70,6 @@ class OnPolicyConfig(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "OnPolicyConfig":
-        if self.engine == "vllm":
-            raise ValueError("engine vllm (a student rollout deployment on Serve) is not implemented yet; use engine hf "
-                             "(docs/on_policy.md says what is missing)")
         if self.objective == "sampled_reverse_kl" and (self.temperature == 0 or self.top_p != 1):
             raise ValueError("objective sampled_reverse_kl samples from the student's distribution: it needs "
                              f"temperature > 0 and top_p 1 (got temperature {self.temperature}, top_p {self.top_p})")

@@ -385,6 +385,15 @@ class VllmTeacherBackend:
             signals = signals_from_rows(parts, self.vocab_size)
         return Generation(tokens, seconds, signals)
 
+    async def load_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """New weights for the engine (HF names -> arrays), e.g. the on-policy student's every `sync_every` steps:
+        loaded in vLLM's worker (`raykd_load_weights`, needs the worker extension), then the prefix cache is
+        dropped so no KV entry of the old weights is reused."""
+        if self._no_topk:
+            raise RuntimeError(f"weight sync needs raykd's vLLM worker extension, which cannot run here: {self._no_topk}")
+        await self.engine.collective_rpc("raykd_load_weights", args=(weights,))
+        await self.engine.reset_prefix_cache()
+
     async def check_health(self) -> None:
         """Raises if the engine (its core process) died: Serve then replaces the replica."""
         await self.engine.check_health()

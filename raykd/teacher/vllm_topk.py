@@ -220,6 +220,15 @@ class TopkScoringExtension:
     def raykd_enable_topk(self) -> dict[str, Any]:
         return install(self.model_runner)
 
+    def raykd_load_weights(self, weights: dict[str, Any]) -> int:
+        """Replace the engine's weights by `weights` (HF parameter names -> arrays) through the model's own
+        `load_weights` (it fuses q/k/v and gate/up as at start-up): the on-policy student's weight sync
+        (raykd/train/rollouts.py). Returns the number of tensors given."""
+        import torch
+
+        self.model_runner.model.load_weights((name, torch.as_tensor(np.asarray(a))) for name, a in weights.items())
+        return len(weights)
+
     def raykd_topk_stats(self, reset: bool = True) -> dict[str, float]:
         out = dict(STATS)
         if reset:

@@ -105,8 +105,14 @@ def train_loop_per_worker(config: dict) -> None:
     if use_teacher and cfg.loss.on_policy.enabled:  # on-policy steps: the student writes (raykd/train/rollouts.py)
         from raykd.train.rollouts import OnPolicyRollouts, teacher_score_fn
 
+        engine = None
+        if cfg.loss.on_policy.engine == "vllm":  # the student rollout deployment, synced to this step's weights
+            from raykd.train.rollout_engine import VllmRolloutEngine, rollout_app_name
+
+            engine = VllmRolloutEngine(teacher_handle(rollout_app_name(cfg)), rank, world)
+            engine.sync(trainer.placed, start_step)
         rollouts = OnPolicyRollouts(cfg, trainer.placed.student, teacher_score_fn(handle), source.fingerprint,
-                                    rank=rank, device=device)
+                                    rank=rank, device=device, engine=engine)
         data_submit = rollouts.data_submit(data_submit, start_step)
     prefetch = SignalPrefetcher(data_submit, batches, tc.max_inflight)
 
@@ -126,6 +132,8 @@ def train_loop_per_worker(config: dict) -> None:
                        batch.weight[rows] if batch.weight is not None else None, batch.mask[rows], on_policy)
             for rows in np.split(np.arange(len(batch.ids)), accum)]
         step_metrics = trainer.step(step, micro)
+        if rollouts is not None:
+            rollouts.after_step(step, trainer.placed)  # engine vllm: the weight sync every sync_every steps
 
         now = time.perf_counter()
         step_time, step_start = now - step_start, now

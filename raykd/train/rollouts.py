@@ -119,8 +119,9 @@ class OnPolicyRollouts:
     (the deployment's `score_packed`) and returns something with `.result()`."""
 
     def __init__(self, cfg: Any, student: Any, score: Callable[[list[np.ndarray], int], Any], fingerprint: str | None,
-                 *, rank: int = 0, device: Any = "cpu"):
+                 *, rank: int = 0, device: Any = "cpu", engine: Any = None):
         self.cfg, self.op = cfg, cfg.loss.on_policy
+        self.engine = engine  # engine vllm: a VllmRolloutEngine (raykd/train/rollout_engine.py); None: hf
         self.student, self.score, self.fingerprint = student, score, fingerprint
         self.rank, self.device = rank, torch.device(device)
         self.top_k = 1 if self.op.objective == "sampled_reverse_kl" else cfg.loss.top_k
@@ -143,18 +144,29 @@ class OnPolicyRollouts:
         return fn
 
     def _write(self, step: int, data: StepBatch, written_at: int) -> None:
-        """Sample continuations of `data`'s prompts with the current weights; send them to the teacher."""
+        """Sample continuations of `data`'s prompts (hf: the current weights, `written_at`; vllm: the deployment's
+        last sync); send prompt + continuation to the teacher."""
         op = self.op
         prompts = rollout_prompts(data.ids, data.mask, op.prompt, op.prompt_tokens)
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step * 7919 + self.rank)
+        seed = self.cfg.seed * 1_000_003 + step * 7919 + self.rank * 104_729  # vllm: prompt b draws with seed + b
         start = time.perf_counter()
-        cont = sample_continuations(self.student, torch.as_tensor(prompts, dtype=torch.long, device=self.device),
-                                    op.max_new_tokens, op.temperature, op.top_p, gen).cpu().numpy()
+        if self.engine is not None:  # the rollout deployment, serving the weights of its last sync
+            written_at = self.engine.version
+            cont = self.engine.generate(prompts, op.max_new_tokens, op.temperature, op.top_p, seed)
+        else:
+            gen = torch.Generator().manual_seed(seed)
+            cont = sample_continuations(self.student, torch.as_tensor(prompts, dtype=torch.long, device=self.device),
+                                        op.max_new_tokens, op.temperature, op.top_p, gen).cpu().numpy()
         self._window["gen_seconds"] += time.perf_counter() - start
         self._window["gen_tokens"] += cont.size
         batch = rollout_batch(prompts, cont, data)
         self.teacher_tokens += batch.ids.size
         self.pending[step] = _Pending(batch, self.score(list(batch.ids), self.top_k), written_at)
+
+    def after_step(self, step: int, placed: Any) -> None:
+        """After step `step`'s update (every worker): engine vllm pushes the weights every sync_every steps."""
+        if self.engine is not None and (step + 1) % self.op.sync_every == 0:
+            self.engine.sync(placed, step + 1)
 
     def step_batch(self, step: int, data: StepBatch, signals: Any) -> tuple[StepBatch, Any, bool]:
         """`(batch, signals, on_policy)` to train step `step` on, given the step's data batch and its signals."""

@@ -21,6 +21,9 @@ def test_the_issue_command_line_validates():
                                                   "loss.on_policy.objective=sampled_reverse_kl"])
     op = cfg.loss.on_policy
     assert op.enabled and op.engine == "hf" and op.prompt_tokens + op.max_new_tokens <= 128
+    vllm = load_config(DistillConfig, QUICKSTART, ["loss.on_policy.fraction=0.5", "loss.on_policy.engine=vllm",
+                                                   "loss.on_policy.sync_every=4"]).loss.on_policy
+    assert vllm.engine == "vllm" and vllm.sync_every == 4
 
 
 @pytest.mark.parametrize("overrides, needle", [
@@ -29,7 +32,6 @@ def test_the_issue_command_line_validates():
     (["loss.on_policy.top_p=0"], "loss.on_policy.top_p"),
     (["loss.on_policy.max_staleness=-1"], "loss.on_policy.max_staleness"),
     (["loss.on_policy.engine=sglang"], "loss.on_policy.engine"),
-    (["loss.on_policy.engine=vllm"], "engine vllm"),
     (["loss.on_policy.objective=sampled_reverse_kl", "loss.on_policy.temperature=0"], "temperature > 0"),
     (["loss.on_policy.prompt_tokens=200", "loss.on_policy.fraction=0.5"], "loss.on_policy.prompt_tokens=200"),
     (["loss.on_policy.fraction=0.5", "loss.on_policy.prompt=records"], "data.format is text"),

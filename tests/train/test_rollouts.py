@@ -165,3 +165,61 @@ def test_on_policy_steps_train_on_student_tokens(tiny_teacher, staleness, object
     assert m["rollout_teacher_tokens"] == 2 * ROWS * 14
     plain, _ = _train(_setup(tiny_teacher)[0], student, hf, batches)
     assert any(not torch.equal(plain[n], weights[n]) for n in plain)
+
+
+class _FakeRolloutDeployment:
+    """The rollout deployment's two methods (raykd/teacher/service.py `generate`, `load_weights`) on an HF copy of
+    the student: a boundary fake for the worker-side sync logic (the vLLM engine side: tests/e2e/test_on_policy.py)."""
+
+    def __init__(self, model):
+        import copy
+
+        self.model, self.versions = copy.deepcopy(model), []
+        me = self
+
+        class _Method:
+            def __init__(self, fn):
+                self.remote = lambda *a, **kw: _done(fn(*a, **kw))
+
+        self.generate = _Method(lambda prompts, g, t, top_p=1.0, seed=None: type("G", (), {"tokens": list(
+            sample_continuations(me.model, torch.as_tensor(np.stack(prompts)), g, 0.0).numpy())}))
+        self.load_weights = _Method(self._load)
+
+    def _load(self, weights, version):
+        self.model.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
+        self.versions.append(version)
+        return version
+
+
+def _done(value):
+    fut = Future()
+    fut.set_result(value)
+    return fut
+
+
+def test_engine_vllm_worker_side_syncs_every_n_steps_and_logs_the_staleness(tiny_teacher):
+    """engine vllm, sync_every 2, max_staleness 1, every step on-policy: rank 0 pushes the weights after steps 1
+    and 3 (versions 2 and 4); a rollout's staleness counts from the last sync before it was written (0, 1, 2, 1);
+    after a sync the deployment generates exactly what the trainer's current weights generate."""
+    from raykd.train.rollout_engine import VllmRolloutEngine
+
+    cfg, student, hf, score, fp, batches, calls = _setup(tiny_teacher, fraction=1.0, max_new_tokens=4, prompt_tokens=8,
+                                                        engine="vllm", sync_every=2, temperature=0.0)
+    fake = _FakeRolloutDeployment(student)
+    engine = VllmRolloutEngine(fake)
+    rollouts = OnPolicyRollouts(cfg, None, score, fp, engine=engine)
+    from raykd.loss.objective import Objective
+    from raykd.train.student import MicroBatch, StudentTrainer
+
+    state = {k: v.detach().numpy() for k, v in student.state_dict().items()}
+    trainer = StudentTrainer(cfg, student.config, state, Objective(cfg, student.config, use_teacher=True),
+                             device=torch.device("cpu"))
+    for step, data in enumerate(batches):
+        data, signals, on = rollouts.step_batch(step, data, None)
+        trainer.step(step, [MicroBatch(data.ids, signals, data.weight, data.mask, on)])
+        rollouts.after_step(step, trainer.placed)
+    assert fake.versions == [2, 4] and engine.version == 4 and len(calls) == 4
+    assert rollouts.metrics()["rollout_staleness"] == 1.0  # (0 + 1 + 2 + 1) / 4
+    prompts = torch.as_tensor(batches[0].ids[:, :8], dtype=torch.long)
+    mine = sample_continuations(trainer.placed.student, prompts, 6, 0.0)
+    np.testing.assert_array_equal(engine.generate(prompts.numpy(), 6, 0.0, 1.0, 0), mine.numpy())
