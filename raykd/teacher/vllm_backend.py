@@ -51,7 +51,7 @@ from raykd.teacher.logprob_arrays import (  # noqa: F401 - compare_signals, tail
     split_packed,
     tail_logprob,
 )
-from raykd.teacher.vllm_topk import EXTENSION, EXTRA_KEY
+from raykd.teacher.vllm_topk import EXTENSION, EXTRA_KEY, load_engine_weights
 
 log = logging.getLogger(__name__)
 
@@ -386,13 +386,8 @@ class VllmTeacherBackend:
         return Generation(tokens, seconds, signals)
 
     async def load_weights(self, weights: dict[str, np.ndarray]) -> None:
-        """New weights for the engine (HF names -> arrays), e.g. the on-policy student's every `sync_every` steps:
-        loaded in vLLM's worker (`raykd_load_weights`, needs the worker extension), then the prefix cache is
-        dropped so no KV entry of the old weights is reused."""
-        if self._no_topk:
-            raise RuntimeError(f"weight sync needs raykd's vLLM worker extension, which cannot run here: {self._no_topk}")
-        await self.engine.collective_rpc("raykd_load_weights", args=(weights,))
-        await self.engine.reset_prefix_cache()
+        """New weights for the engine, e.g. the on-policy student's (raykd/teacher/vllm_topk.py)."""
+        await load_engine_weights(self.engine, weights, self._no_topk)
 
     async def check_health(self) -> None:
         """Raises if the engine (its core process) died: Serve then replaces the replica."""

@@ -234,3 +234,13 @@ class TopkScoringExtension:
         if reset:
             STATS.update(_ZERO)
         return out
+
+
+async def load_engine_weights(engine: Any, weights: dict[str, Any], unavailable: str = "") -> None:
+    """Front-end side of `raykd_load_weights`: new weights (HF names -> arrays) into an AsyncLLM's worker, then its
+    prefix cache dropped so no KV entry of the old weights is reused. `unavailable`: why the extension is not
+    installed in that engine ("" when it is)."""
+    if unavailable:
+        raise RuntimeError(f"loading weights needs raykd's vLLM worker extension, which cannot run here: {unavailable}")
+    await engine.collective_rpc("raykd_load_weights", args=(weights,))
+    await engine.reset_prefix_cache()
