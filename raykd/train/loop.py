@@ -5,7 +5,8 @@
 Each worker reads its deterministic shard of every global batch from Ray Data (raykd/train/batches.py:
 `ray.train.get_dataset_shard`, the seeded order of raykd/data/order.py), streams the teacher's signals for its
 shard (raykd/train/signal_source.py: cache, offline shards or the Serve deployment; raykd/train/prefetch.py:
-a bounded window in flight), takes a student step on the loss of raykd/loss/objective.py (default
+a bounded window in flight; on `loss.on_policy` steps the batch is the student's own rollouts graded by the
+teacher instead: raykd/train/rollouts.py), takes a student step on the loss of raykd/loss/objective.py (default
 `alpha * T^2 * KL + (1 - alpha) * CE`) over `train.grad_accum_steps` micro-batches (raykd/train/student.py:
 DDP or FSDP2, fp32 or bf16, activation checkpointing), and every `checkpoint_every` steps reports a
 checkpoint (raykd/train/checkpoint.py; under FSDP every rank reports its shards). A re-run with the same run name and storage path gets that checkpoint back
