@@ -67,6 +67,8 @@ def test_sweeps_search_lambda_and_beta(tmp_path):
     assert cfg.loss.on_policy.fraction == 1.0 and cfg.loss.beta == 0.3 and cfg.loss.on_policy.enabled
     bad = {"loss.on_policy.fraction": {"choice": [0.0, 1.0]}, "loss.on_policy.prompt_tokens": {"choice": [8, 4096]}}
     assert "loss.on_policy.prompt_tokens=4096" in error_of(write_sweep(tmp_path, space=bad))
+    vllm = {"loss.on_policy.engine": {"choice": ["hf", "vllm"]}, "loss.beta": {"uniform": [0.1, 0.9]}}
+    assert "not supported in sweeps" in error_of(write_sweep(tmp_path, space=vllm))
 
 
 def test_pipeline_stages_can_be_on_policy():
