@@ -28,6 +28,13 @@ def rollout_app_name(cfg: Any) -> str:
     return f"{cfg.teacher.app_name}-student-rollouts"
 
 
+def rollout_cpus(cfg: Any) -> float:
+    """Logical CPUs the run's student rollout deployment reserves (0 unless engine vllm is on): what the
+    embedded cluster of `raykd distill` / `raykd pipeline` adds for it."""
+    op = cfg.loss.on_policy
+    return cfg.teacher.num_cpus if op.enabled and op.engine == "vllm" else 0.0
+
+
 def rollout_teacher_config(cfg: Any, model_dir: str):
     """A TeacherConfig serving the student directory on vLLM with the teacher's vLLM settings, one replica."""
     from raykd.config import TeacherConfig
