@@ -55,7 +55,12 @@ _HIST_BINS = 40
 
 
 def needs_teacher(cfg: DistillConfig) -> bool:
-    """Whether any term of the loss uses teacher signals at some step."""
+    """Whether any term of the loss uses teacher signals at some step (on-policy steps always do)."""
+    return off_policy_needs_teacher(cfg) or cfg.loss.on_policy.enabled
+
+
+def off_policy_needs_teacher(cfg: DistillConfig) -> bool:
+    """Whether the loss of a data batch uses teacher signals at some step (else: hard labels only)."""
     lc = cfg.loss
     alpha_max = lc.alpha_schedule.bounds(lc.alpha)[1]
     return alpha_max > 0 or lc.hidden.weight > 0 or lc.attention.weight > 0 or lc.adversarial.weight > 0

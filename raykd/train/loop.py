@@ -52,7 +52,7 @@ def train_loop_per_worker(config: dict) -> None:
     import torch.distributed as dist
 
     from raykd.eval.heldout import heldout_loss
-    from raykd.loss.objective import Objective, needs_teacher
+    from raykd.loss.objective import Objective, needs_teacher, off_policy_needs_teacher
     from raykd.plots import objective_figures
     from raykd.teacher.service import teacher_handle
     from raykd.tracking import MetricLogger
@@ -101,7 +101,8 @@ def train_loop_per_worker(config: dict) -> None:
     # This worker's blocks, step by step (ids, loss mask, sample weights), from its Ray Data shard: each step's
     # batch_size * grad_accum_steps blocks, split into micro-batches below (the same global batch for any split).
     batches = step_batches(list(loop.data_windows), tc.batch_size * accum, start_step, rank=rank)
-    data_submit = submit and (lambda b: submit(b.ids))
+    # Data batches are scored when their loss uses the teacher (on-policy with alpha 0: hard labels off-policy).
+    data_submit = submit and off_policy_needs_teacher(cfg) and (lambda b: submit(b.ids)) or None
     rollouts = None
     if use_teacher and cfg.loss.on_policy.enabled:  # on-policy steps: the student writes (raykd/train/rollouts.py)
         from raykd.train.rollouts import OnPolicyRollouts, teacher_score_fn

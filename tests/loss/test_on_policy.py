@@ -156,3 +156,15 @@ def test_gkd_parity_with_trl():
             assert float(scale * loss.detach()) == pytest.approx(case["loss"], rel=rtol), case
             np.testing.assert_allclose(z.grad.reshape(student.shape).numpy(), np.array(case["grad"]),
                                        rtol=rtol * 10, atol=1e-12 if rtol < 1e-6 else 1e-7)
+
+
+def test_on_policy_needs_the_teacher_even_with_alpha_zero():
+    """alpha weighs the off-policy steps only: with alpha 0 the on-policy steps still need the teacher, the data
+    batches do not (they train on hard labels)."""
+    from raykd.config import DistillConfig
+    from raykd.loss.objective import needs_teacher, off_policy_needs_teacher
+
+    on = DistillConfig.model_validate({"loss": {"alpha": 0.0, "on_policy": {"fraction": 1.0}}})
+    assert needs_teacher(on) and not off_policy_needs_teacher(on)
+    off = DistillConfig.model_validate({"loss": {"alpha": 0.0}})
+    assert not needs_teacher(off) and not off_policy_needs_teacher(off)
