@@ -7,7 +7,7 @@ and receives the trainer's weights every `sync_every` steps.
     engine.sync(placed, step + 1)                                   # every worker; rank 0 pushes its weights
 
 The deployment is raykd's Teacher deployment (raykd/teacher/service.py) serving the *student*'s HF directory
-on the vllm backend (`teacher.vllm` settings), under its own app name: `generate` writes exactly G tokens per
+on the vllm backend (`teacher.vllm` settings, dtype float32 when train.precision is fp32), under its own app name: `generate` writes exactly G tokens per
 prompt (seeded sampling), `load_weights` loads new weights in vLLM's worker (the model's own `load_weights`,
 through raykd's worker extension) and drops the prefix cache. A sync is: rank 0 gathers the student's full state
 dict, sends it (object store -> replica -> engine process), waits until the engine serves it, and every worker
@@ -36,10 +36,13 @@ def rollout_cpus(cfg: Any) -> float:
 
 
 def rollout_teacher_config(cfg: Any, model_dir: str):
-    """A TeacherConfig serving the student directory on vLLM with the teacher's vLLM settings, one replica."""
+    """A TeacherConfig serving the student directory on vLLM with the teacher's vLLM settings, one replica, in the
+    trainer's precision (fp32 training: a float32 engine, so the sampling policy is the trained student's)."""
     from raykd.config import TeacherConfig
 
-    vllm = cfg.teacher.vllm.model_copy(update={"scoring": "auto"})  # the worker extension carries the weight sync
+    dtype = "float32" if cfg.train.precision == "fp32" else "bfloat16"
+    # scoring auto: the worker extension that carries the weight sync is installed.
+    vllm = cfg.teacher.vllm.model_copy(update={"scoring": "auto", "dtype": dtype})
     return TeacherConfig(path=model_dir, backend="vllm", num_replicas=1, num_cpus=cfg.teacher.num_cpus,
                          num_gpus=cfg.teacher.num_gpus and vllm.tensor_parallel_size, app_name=rollout_app_name(cfg),
                          vllm=vllm)
