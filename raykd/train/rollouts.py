@@ -1,4 +1,4 @@
-"""On-policy rollouts in the Train worker (`loss.on_policy`, engine hf): the student writes, the teacher grades.
+"""On-policy rollouts in the Train worker (`loss.on_policy`): the student writes, the teacher grades.
 
     rollouts = OnPolicyRollouts(cfg, student, score, fingerprint, rank=rank, start_step=start_step)
     submit = rollouts.data_submit(submit, start_step)          # no teacher scoring for on-policy steps' data
@@ -10,8 +10,9 @@
 
 On the steps `raykd.loss.on_policy.on_policy_step` picks (a fraction lambda, the same on every worker), the
 batch is replaced by B sequences `prompt (P tokens) + continuation (G tokens)`: the prompts are cut from a data
-batch (`rollout_prompts`), the continuation is sampled by the worker's own student (no grad, KV cache,
-`sample_continuations`), and the teacher deployment scores the whole sequence through the usual wire format
+batch (`rollout_prompts`), the continuation is sampled by the worker's own student (engine hf: no grad, KV cache,
+`sample_continuations`) or by the student rollout deployment (engine vllm: raykd/train/rollout_engine.py, synced
+every sync_every steps in `after_step`), and the teacher deployment scores the whole sequence through the usual wire format
 (`score_packed`, raykd/signals/format.py): its top-k for objective divergence, k = 1 for sampled_reverse_kl
 (which uses the sampled token's `target_logprob` only). The loss mask is 1 on the G generated tokens only.
 The signal cache is bypassed: rollout tokens are new every step, so caching them would only fill the disk.
