@@ -1,19 +1,20 @@
 """On-policy rollouts in the Train worker (`loss.on_policy`): the student writes, the teacher grades.
 
-    rollouts = OnPolicyRollouts(cfg, student, score, fingerprint, rank=rank, start_step=start_step)
+    rollouts = OnPolicyRollouts(cfg, student, score, fingerprint, rank=rank, engine=None)   # engine: vllm's
     submit = rollouts.data_submit(submit, start_step)          # no teacher scoring for on-policy steps' data
     for step ...:
         batch, signals = next(prefetch)                        # the step's data batch (raykd/train/prefetch.py)
         batch, signals, on_policy = rollouts.step_batch(step, batch, signals)
         trainer.step(step, [MicroBatch(batch.ids, signals, batch.weight, batch.mask, on_policy=on_policy)])
+        rollouts.after_step(step, trainer.placed)               # engine vllm: the weight sync
     rollouts.metrics()                                          # on_policy_fraction, rollout_tokens_per_s, ...
 
 On the steps `raykd.loss.on_policy.on_policy_step` picks (a fraction lambda, the same on every worker), the
 batch is replaced by B sequences `prompt (P tokens) + continuation (G tokens)`: the prompts are cut from a data
 batch (`rollout_prompts`), the continuation is sampled by the worker's own student (engine hf: no grad, KV cache,
 `sample_continuations`) or by the student rollout deployment (engine vllm: raykd/train/rollout_engine.py, synced
-every sync_every steps in `after_step`), and the teacher deployment scores the whole sequence through the usual wire format
-(`score_packed`, raykd/signals/format.py): its top-k for objective divergence, k = 1 for sampled_reverse_kl
+every sync_every steps in `after_step`), and the teacher deployment scores the whole sequence through the usual
+wire format (`score_packed`, raykd/signals/format.py): its top-k for objective divergence, k = 1 for sampled_reverse_kl
 (which uses the sampled token's `target_logprob` only). The loss mask is 1 on the G generated tokens only.
 The signal cache is bypassed: rollout tokens are new every step, so caching them would only fill the disk.
 
