@@ -218,7 +218,8 @@ class Objective:
         mask = self.row_mask(tuple(ids.shape), token_mask, flat.device)
         weights = None
         if token_weights is not None:
-            weights = torch.as_tensor(np.asarray(token_weights), dtype=torch.float32, device=flat.device)[:, 1:].reshape(-1)
+            weights = torch.as_tensor(np.asarray(token_weights), dtype=torch.float32, device=flat.device)
+            weights = weights[:, 1:].reshape(-1)
         op = self.lc.on_policy
         if op.objective == "sampled_reverse_kl":  # k = 1: the teacher's log-prob of the sampled token alone
             teacher = {"teacher_logprob": torch.as_tensor(np.array(signals.target_logprob), device=flat.device)}
@@ -228,7 +229,8 @@ class Objective:
             temperature = self.row_loss.temperature_at(step)
         loss, metrics = on_policy_loss(flat, sampled, objective=op.objective, divergence=self.lc.divergence,
                                        beta=self.lc.beta, skew_lambda=self.lc.skew_lambda, temperature=temperature,
-                                       mask=mask, weights=weights, denominator=denominator, tail=self.lc.tail, **teacher)
+                                       mask=mask, weights=weights, denominator=denominator, tail=self.lc.tail,
+                                       **teacher)
         self.step_values.append((step + 1, 1.0, float(temperature)))  # the soft term alone: alpha 1
         return loss, metrics
 

@@ -7,8 +7,8 @@ and receives the trainer's weights every `sync_every` steps.
     engine.sync(placed, step + 1)                                   # every worker; rank 0 pushes its weights
 
 The deployment is raykd's Teacher deployment (raykd/teacher/service.py) serving the *student*'s HF directory
-on the vllm backend (`teacher.vllm` settings, dtype float32 when train.precision is fp32), under its own app name: `generate` writes exactly G tokens per
-prompt (seeded sampling), `load_weights` loads new weights in vLLM's worker (the model's own `load_weights`,
+on the vllm backend (`teacher.vllm` settings, dtype float32 when train.precision is fp32), under its own app
+name: `generate` writes exactly G tokens per prompt (seeded sampling), `load_weights` loads new weights in vLLM's worker (the model's own `load_weights`,
 through raykd's worker extension) and drops the prefix cache. A sync is: rank 0 gathers the student's full state
 dict, sends it (object store -> replica -> engine process), waits until the engine serves it, and every worker
 waits at a barrier, so no worker generates with weights older than the last sync. The staleness a rollout then

@@ -51,7 +51,8 @@ def test_generated_tokens_alone_carry_loss(objective):
     """Rows of the prompt get exactly zero gradient and their teacher values change nothing; every generated row
     gets a gradient."""
     logits, sampled, sig, target, mask = _batch()
-    kw = dict(objective=objective, divergence="jsd", beta=0.5, temperature=1.0, mask=mask, teacher_logprob=target, **sig)
+    kw = dict(objective=objective, divergence="jsd", beta=0.5, temperature=1.0, mask=mask, teacher_logprob=target,
+              **sig)
     z = logits.clone().requires_grad_(True)
     loss, metrics = on_policy_loss(z, sampled, **kw)
     loss.backward()

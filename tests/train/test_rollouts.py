@@ -35,8 +35,8 @@ def test_prompts_from_blocks_and_from_records():
 
 
 def test_rollout_batch_trains_the_generated_tokens_only():
-    data = StepBatch(np.zeros((2, 9), np.int32), np.ones((2, 9), np.uint8), np.arange(18, dtype=np.float32).reshape(2, 9),
-                     np.array([5, 7]))
+    weight = np.arange(18, dtype=np.float32).reshape(2, 9)
+    data = StepBatch(np.zeros((2, 9), np.int32), np.ones((2, 9), np.uint8), weight, np.array([5, 7]))
     batch = rollout_batch(np.ones((2, 3), np.int64), np.full((2, 4), 2), data)
     assert batch.ids.shape == (2, 7) and batch.mask[:, :3].sum() == 0 and batch.mask[:, 3:].all()
     np.testing.assert_array_equal(batch.weight, np.repeat([[2.0], [11.0]], 7, 1))  # the prompt's last token's
