@@ -36,6 +36,7 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
     from raykd.tracking import resolve_tracking_uri, tracked_run
     from raykd.data.sources import mb
     from raykd.train.fit import export_student, fit_student, train_in_run
+    from raykd.train.rollout_engine import rollout_cpus
 
     prep = prepare(cfg)
     size = sum(c.nbytes for c in prep.chunks)
@@ -48,7 +49,8 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
     params["teacher.resolved_path"] = prep.teacher_path
     with tracked_run(uri, cfg.mlflow.experiment, cfg.run_name, params, {"raykd.job": "distill"}) as run_id:
         try:
-            started = init_ray(cfg.teacher.num_replicas * cfg.teacher.num_cpus + tc.num_workers * tc.cpus_per_worker)
+            started = init_ray(cfg.teacher.num_replicas * cfg.teacher.num_cpus + tc.num_workers * tc.cpus_per_worker
+                               + rollout_cpus(cfg))  # + the student rollout deployment of loss.on_policy.engine vllm
             trained = train_in_run(cfg, prep, run_id, uri)
             out_root = Path(cfg.output_dir) / cfg.run_name
 

@@ -34,6 +34,7 @@ def _assert_clean_failure(proc, tmp_path, needle):
         (["loss.alpah=0.3"], "unknown config key 'loss.alpah'"),
         (["loss.alpha=1.2"], "loss.alpha"),
         (["loss.temperature=-2"], "loss.temperature"),
+        (["loss.on_policy.fraction=0.5", "loss.on_policy.prompt_tokens=128"], "loss.on_policy.prompt_tokens=128"),
         (["teacher.path=/nonexistent/teacher"], "teacher.path: model path not found: /nonexistent/teacher"),
     ],
 )

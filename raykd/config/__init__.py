@@ -42,6 +42,7 @@ from raykd.config.loss import (
     ScheduleConfig,
     SeqKDConfig,
 )
+from raykd.config.on_policy import OnPolicyConfig
 from raykd.config.teacher import (
     TeacherAutoscalingConfig,
     TeacherConfig,
@@ -52,7 +53,7 @@ from raykd.config.teacher import (
 
 __all__ = [
     "AdversarialConfig", "AttentionMatchConfig", "CaptureConfig", "ConfigError", "DataConfig", "DistillConfig",
-    "DynamicTemperatureConfig", "EvalConfig", "HiddenMatchConfig", "LossConfig", "MlflowConfig", "ScheduleConfig",
+    "DynamicTemperatureConfig", "EvalConfig", "HiddenMatchConfig", "LossConfig", "MlflowConfig", "OnPolicyConfig", "ScheduleConfig",
     "SeqKDConfig", "SignalsConfig", "StrictModel", "StudentConfig", "TeacherAutoscalingConfig", "TeacherConfig",
     "TinyMoeConfig", "TinyTeacherConfig", "TrainConfig", "VllmConfig", "deep_merge", "default_cache_dir",
     "flatten", "load_config", "parse_overrides", "read_yaml_tree", "validate",

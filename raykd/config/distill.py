@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from raykd.config.base import StrictModel
 from raykd.config.loss import LossConfig, SeqKDConfig
+from raykd.config.on_policy import check_on_policy
 from raykd.config.teacher import TeacherConfig
 
 
@@ -259,4 +260,5 @@ class DistillConfig(StrictModel):
         if self.signals.loss_chunk_size and feature_terms:
             raise ValueError("signals.loss_chunk_size chunks the row-wise terms only; set it to null with "
                              "loss.hidden / loss.attention / loss.adversarial terms")
+        check_on_policy(self)
         return self

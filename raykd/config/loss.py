@@ -18,6 +18,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from raykd.config.base import StrictModel
+from raykd.config.on_policy import OnPolicyConfig
 
 
 def schedule_bounds(
@@ -174,6 +175,10 @@ class LossConfig(StrictModel):
     hidden: HiddenMatchConfig = Field(default_factory=HiddenMatchConfig)
     attention: AttentionMatchConfig = Field(default_factory=AttentionMatchConfig)
     adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
+    on_policy: OnPolicyConfig = Field(
+        default_factory=OnPolicyConfig, description="On-policy KD: the student writes, the teacher grades "
+        "(raykd/config/on_policy.py, docs/on_policy.md)."
+    )
 
     @model_validator(mode="after")
     def _schedules(self) -> "LossConfig":

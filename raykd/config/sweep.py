@@ -193,6 +193,9 @@ def check_sweep(sweep: SweepConfig, base: DistillConfig) -> None:
         raise ConfigError("space is empty: nothing to sweep (e.g. space: {loss.temperature: {uniform: [1, 4]}})")
     if sweep.metric not in REPORTED_METRICS:
         raise ConfigError(f"metric '{sweep.metric}' is not reported by trials; they report: {', '.join(REPORTED_METRICS)}")
+    if base.loss.on_policy.engine == "vllm" or any(k.startswith("loss.on_policy.engine") for k in sweep.space):
+        raise ConfigError("loss.on_policy.engine: vllm is not supported in sweeps (trials share no student rollout "
+                          "deployment); use engine hf")
     keys = sorted(sweep.space)
     for key in keys:
         _check_key(key, base)

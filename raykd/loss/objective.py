@@ -44,16 +44,23 @@ from raykd.config import DistillConfig, LossConfig
 from raykd.loss.adversarial import AdversarialDistiller, student_adversarial_loss
 from raykd.loss.dynamic_temperature import temperature_summary
 from raykd.loss.features import HiddenProjector, attention_loss, gather_rows, hidden_loss
-from raykd.loss.row_loss import RowLoss
+from raykd.loss.on_policy import on_policy_loss
+from raykd.loss.row_loss import SIGNAL_FIELDS, RowLoss
 
 LOGPROB_FLOOR = -20.0  # discriminator input floor (log-probs)
 # Metrics that are shares of the step's loss when compute_loss gets a denominator: summed over micro-batches.
-ADDITIVE_METRICS = frozenset({"loss", "loss_soft", "loss_hard", "loss_hidden", "loss_attention", "loss_adv"})
+ADDITIVE_METRICS = frozenset({"loss", "loss_soft", "loss_hard", "loss_hidden", "loss_attention", "loss_adv",
+                              "loss_on_policy"})
 _HIST_BINS = 40
 
 
 def needs_teacher(cfg: DistillConfig) -> bool:
-    """Whether any term of the loss uses teacher signals at some step."""
+    """Whether any term of the loss uses teacher signals at some step (on-policy steps always do)."""
+    return off_policy_needs_teacher(cfg) or cfg.loss.on_policy.enabled
+
+
+def off_policy_needs_teacher(cfg: DistillConfig) -> bool:
+    """Whether the loss of a data batch uses teacher signals at some step (else: hard labels only)."""
     lc = cfg.loss
     alpha_max = lc.alpha_schedule.bounds(lc.alpha)[1]
     return alpha_max > 0 or lc.hidden.weight > 0 or lc.attention.weight > 0 or lc.adversarial.weight > 0
@@ -201,6 +208,30 @@ class Objective:
                                               denominator, share)
             metrics["loss"] = float(loss.detach())
         self.step_values.append((step + 1, float(rows.alpha), rows.mean_temperature))
+        return loss, metrics
+
+    def compute_on_policy_loss(self, step, out, ids, signals, token_weights=None, token_mask=None,
+                               denominator=None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of a batch the student wrote (raykd/loss/on_policy.py): loss.on_policy.objective over the rows
+        `token_mask` marks (the generated tokens), at the step's scheduled T; no hard term (alpha does not apply)."""
+        flat, sampled = _rows(out.logits), ids[:, 1:].reshape(-1)
+        mask = self.row_mask(tuple(ids.shape), token_mask, flat.device)
+        weights = None
+        if token_weights is not None:
+            weights = torch.as_tensor(np.asarray(token_weights), dtype=torch.float32, device=flat.device)
+            weights = weights[:, 1:].reshape(-1)
+        op = self.lc.on_policy
+        if op.objective == "sampled_reverse_kl":  # k = 1: the teacher's log-prob of the sampled token alone
+            teacher = {"teacher_logprob": torch.as_tensor(np.array(signals.target_logprob), device=flat.device)}
+            temperature = op.temperature  # the estimator's policy is the sampling one
+        else:
+            teacher = {k: torch.as_tensor(np.array(getattr(signals, k)), device=flat.device) for k in SIGNAL_FIELDS}
+            temperature = self.row_loss.temperature_at(step)
+        loss, metrics = on_policy_loss(flat, sampled, objective=op.objective, divergence=self.lc.divergence,
+                                       beta=self.lc.beta, skew_lambda=self.lc.skew_lambda, temperature=temperature,
+                                       mask=mask, weights=weights, denominator=denominator, tail=self.lc.tail,
+                                       **teacher)
+        self.step_values.append((step + 1, 1.0, float(temperature)))  # the soft term alone: alpha 1
         return loss, metrics
 
     def _feature_terms(self, step, out, signals, t1, s1, mask, weights, metrics, denominator=None,

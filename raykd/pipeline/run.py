@@ -276,8 +276,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     say(f"planning {len(cfg.stages)} stage(s): " + " → ".join(s.name for s in cfg.stages))
     plan = plan_pipeline(cfg)
     uri = resolve_tracking_uri(cfg.mlflow)
+    from raykd.train.rollout_engine import rollout_cpus
+
     cpus = max(s.cfg.teacher.num_replicas * s.cfg.teacher.num_cpus + s.cfg.train.num_workers * s.cfg.train.cpus_per_worker
-               for s in plan.stages)
+               + rollout_cpus(s.cfg) for s in plan.stages)
     tags = {"raykd.job": "pipeline", "raykd.pipeline": cfg.name, "raykd.stages": ",".join(s.name for s in cfg.stages)}
     started = False
     with tracked_run(uri, cfg.mlflow.experiment, cfg.name, _pipeline_params(cfg), tags) as parent_id:

@@ -122,6 +122,16 @@ class Teacher:
         return to_ipc(pack(signals, vocab_size=self.info_.vocab_size, teacher_fingerprint=self.info_.fingerprint,
                            seq_hashes=[sequence_hash(s) for s in token_ids]))
 
+    async def load_weights(self, weights: dict[str, np.ndarray], version: int) -> int:
+        """Replace the served weights (vllm backend; HF names -> arrays) and remember `version` (the trainer's
+        step): what a student rollout deployment (raykd/train/rollouts.py, engine vllm) receives every
+        `loss.on_policy.sync_every` steps. Returns `version` once the engine serves the new weights."""
+        if not hasattr(self.backend, "load_weights"):
+            raise ValueError(f"teacher backend '{self.info_.backend}' cannot load new weights; use backend vllm")
+        await self.backend.load_weights(weights)
+        self.weights_version = version
+        return version
+
     async def generate(self, prompts: list[np.ndarray], max_new_tokens: int, temperature: float = 0.0, *,
                        top_p: float = 1.0, seed: int | None = None, logprobs_k: int = 0) -> Generation:
         """Continuations of `prompts` (raykd/teacher/backend.py `Generation`).

@@ -51,7 +51,7 @@ from raykd.teacher.logprob_arrays import (  # noqa: F401 - compare_signals, tail
     split_packed,
     tail_logprob,
 )
-from raykd.teacher.vllm_topk import EXTENSION, EXTRA_KEY
+from raykd.teacher.vllm_topk import EXTENSION, EXTRA_KEY, load_engine_weights
 
 log = logging.getLogger(__name__)
 
@@ -384,6 +384,10 @@ class VllmTeacherBackend:
             parts = [rows_from_flat(o.outputs[0].logprobs, len(t), logprobs_k, prompt=False) for o, t in zip(outs, tokens)]
             signals = signals_from_rows(parts, self.vocab_size)
         return Generation(tokens, seconds, signals)
+
+    async def load_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """New weights for the engine, e.g. the on-policy student's (raykd/teacher/vllm_topk.py)."""
+        await load_engine_weights(self.engine, weights, self._no_topk)
 
     async def check_health(self) -> None:
         """Raises if the engine (its core process) died: Serve then replaces the replica."""

@@ -220,8 +220,37 @@ class TopkScoringExtension:
     def raykd_enable_topk(self) -> dict[str, Any]:
         return install(self.model_runner)
 
+    def raykd_load_weights(self, weights: dict[str, Any]) -> int:
+        """Replace the engine's weights by `weights` (HF parameter names -> (dtype, shape, bytes)) through vLLM's
+        in-place reload (the model's own `load_weights`: q/k/v and gate/up fused as at start-up, then the same
+        post-load processing): the on-policy student's weight sync (raykd/train/rollout_engine.py)."""
+        import torch
+
+        def tensor(packed: Any) -> torch.Tensor:  # (dtype, shape, bytes): see load_engine_weights
+            dtype, shape, data = packed
+            return torch.from_numpy(np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape).copy())
+
+        # vLLM's in-place reload: restores the loaders the post-load processing (CPU GEMM repacking) removed.
+        self.model_runner.reload_weights(weights_iterator=((n, tensor(a)) for n, a in weights.items()),
+                                         is_checkpoint_format=True)
+        return len(weights)
+
     def raykd_topk_stats(self, reset: bool = True) -> dict[str, float]:
         out = dict(STATS)
         if reset:
             STATS.update(_ZERO)
         return out
+
+
+async def load_engine_weights(engine: Any, weights: dict[str, Any], unavailable: str = "") -> None:
+    """Front-end side of `raykd_load_weights`: new weights (HF names -> arrays) into an AsyncLLM's worker, then its
+    prefix cache dropped so no KV entry of the old weights is reused. `unavailable`: why the extension is not
+    installed in that engine ("" when it is)."""
+    if unavailable:
+        raise RuntimeError(f"loading weights needs raykd's vLLM worker extension, which cannot run here: {unavailable}")
+    # Plain (dtype, shape, bytes) triples: vLLM's RPC decodes untyped arguments, and a numpy array would arrive as
+    # its raw encoding, not as an array.
+    packed = {name: (str(np.asarray(a).dtype), list(np.shape(a)), np.ascontiguousarray(a).tobytes())
+              for name, a in weights.items()}
+    await engine.collective_rpc("raykd_load_weights", args=(packed,))
+    await engine.reset_prefix_cache()

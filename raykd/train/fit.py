@@ -157,6 +157,12 @@ def train_in_run(cfg: DistillConfig, prep: Prepared, run_id: str, uri: str, trai
     info = handle.info.remote().result()
     check_teacher_info(cfg, info, student_vocab=ray.get(student_ref)[0].vocab_size)
     log_teacher_scoring(info, run_id, uri)
+    op = cfg.loss.on_policy
+    if op.enabled and op.engine == "vllm":  # the student rollout deployment (raykd/train/rollout_engine.py)
+        from raykd.train.rollout_engine import launch_rollout_engine
+
+        say("deploying the student rollout engine (vllm)")
+        launch_rollout_engine(cfg, student_ref, Path(cfg.output_dir) / cfg.run_name / "rollout-student")
     train_data = data
     if cfg.seqkd.enabled:  # sequence-level KD: train on the teacher's continuations of the data's prompts
         from raykd.data.ingest import BlockData

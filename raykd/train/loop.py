@@ -5,7 +5,8 @@
 Each worker reads its deterministic shard of every global batch from Ray Data (raykd/train/batches.py:
 `ray.train.get_dataset_shard`, the seeded order of raykd/data/order.py), streams the teacher's signals for its
 shard (raykd/train/signal_source.py: cache, offline shards or the Serve deployment; raykd/train/prefetch.py:
-a bounded window in flight), takes a student step on the loss of raykd/loss/objective.py (default
+a bounded window in flight; on `loss.on_policy` steps the batch is the student's own rollouts graded by the
+teacher instead: raykd/train/rollouts.py), takes a student step on the loss of raykd/loss/objective.py (default
 `alpha * T^2 * KL + (1 - alpha) * CE`) over `train.grad_accum_steps` micro-batches (raykd/train/student.py:
 DDP or FSDP2, fp32 or bf16, activation checkpointing), and every `checkpoint_every` steps reports a
 checkpoint (raykd/train/checkpoint.py; under FSDP every rank reports its shards). A re-run with the same run name and storage path gets that checkpoint back
@@ -51,7 +52,7 @@ def train_loop_per_worker(config: dict) -> None:
     import torch.distributed as dist
 
     from raykd.eval.heldout import heldout_loss
-    from raykd.loss.objective import Objective, needs_teacher
+    from raykd.loss.objective import Objective, needs_teacher, off_policy_needs_teacher
     from raykd.plots import objective_figures
     from raykd.teacher.service import teacher_handle
     from raykd.tracking import MetricLogger
@@ -100,26 +101,49 @@ def train_loop_per_worker(config: dict) -> None:
     # This worker's blocks, step by step (ids, loss mask, sample weights), from its Ray Data shard: each step's
     # batch_size * grad_accum_steps blocks, split into micro-batches below (the same global batch for any split).
     batches = step_batches(list(loop.data_windows), tc.batch_size * accum, start_step, rank=rank)
-    prefetch = SignalPrefetcher(submit and (lambda b: submit(b.ids)), batches, tc.max_inflight)
+    # Data batches are scored when their loss uses the teacher (on-policy with alpha 0: hard labels off-policy).
+    data_submit = submit and off_policy_needs_teacher(cfg) and (lambda b: submit(b.ids)) or None
+    rollouts = None
+    if use_teacher and cfg.loss.on_policy.enabled:  # on-policy steps: the student writes (raykd/train/rollouts.py)
+        from raykd.train.rollouts import OnPolicyRollouts, teacher_score_fn
+
+        engine = None
+        if cfg.loss.on_policy.engine == "vllm":  # the student rollout deployment, synced to this step's weights
+            from raykd.train.rollout_engine import VllmRolloutEngine, rollout_app_name
+
+            engine = VllmRolloutEngine(teacher_handle(rollout_app_name(cfg)), rank, world)
+            engine.sync(trainer.placed, start_step)
+        rollouts = OnPolicyRollouts(cfg, trainer.placed.student, teacher_score_fn(handle), source.fingerprint,
+                                    rank=rank, device=device, engine=engine)
+        data_submit = rollouts.data_submit(data_submit, start_step)
+    prefetch = SignalPrefetcher(data_submit, batches, tc.max_inflight)
 
     logger = MetricLogger(loop.tracking_uri, loop.run_id) if rank == 0 else None
     window: dict[str, float] = {}
+    counts: dict[str, int] = {}  # steps that reported each metric (on- and off-policy steps report different terms)
     window_steps, window_time, window_tokens = 0, 0.0, 0
     step_start = time.perf_counter()
     for step in range(start_step, tc.max_steps):
-        wait_before = prefetch.wait_seconds
+        wait_before = prefetch.wait_seconds + (rollouts.wait_seconds if rollouts else 0.0)
         batch, signals = next(prefetch)  # StepBatch of this step's blocks, the teacher's signals of their rows
-        micro = [MicroBatch(batch.ids, signals, batch.weight, batch.mask)] if accum == 1 else [
+        on_policy = False
+        if rollouts is not None:  # on an on-policy step: prompt + the student's continuation, graded by the teacher
+            batch, signals, on_policy = rollouts.step_batch(step, batch, signals)
+        micro = [MicroBatch(batch.ids, signals, batch.weight, batch.mask, on_policy)] if accum == 1 else [
             MicroBatch(batch.ids[rows], signals.take_sequences(rows.tolist()) if signals is not None else None,
-                       batch.weight[rows] if batch.weight is not None else None, batch.mask[rows])
+                       batch.weight[rows] if batch.weight is not None else None, batch.mask[rows], on_policy)
             for rows in np.split(np.arange(len(batch.ids)), accum)]
         step_metrics = trainer.step(step, micro)
+        if rollouts is not None:
+            rollouts.after_step(step, trainer.placed)  # engine vllm: the weight sync every sync_every steps
 
         now = time.perf_counter()
         step_time, step_start = now - step_start, now
-        step_metrics["teacher_wait_fraction"] = (prefetch.wait_seconds - wait_before) / step_time
+        waited = prefetch.wait_seconds + (rollouts.wait_seconds if rollouts else 0.0) - wait_before
+        step_metrics["teacher_wait_fraction"] = waited / step_time
         for k, v in step_metrics.items():
             window[k] = window.get(k, 0.0) + v
+            counts[k] = counts.get(k, 0) + 1
         window_steps, window_time = window_steps + 1, window_time + step_time
         window_tokens += sum(mb.ids.size for mb in micro)
 
@@ -127,7 +151,7 @@ def train_loop_per_worker(config: dict) -> None:
         if (step + 1) % tc.log_every == 0 or done:
             # Average the window over workers so the logged loss is the global batch's, not rank 0's shard.
             keys = sorted(window)  # the same on every worker: the objective's terms come from the shared config
-            packed = torch.tensor([window[k] / window_steps for k in keys] + [window_tokens / window_time],
+            packed = torch.tensor([window[k] / counts[k] for k in keys] + [window_tokens / window_time],
                                   dtype=torch.float64, device=device)  # on the GPU under NCCL
             if dist.is_available() and dist.is_initialized():
                 dist.all_reduce(packed)
@@ -136,6 +160,8 @@ def train_loop_per_worker(config: dict) -> None:
             metrics.update(student_tokens_per_s=float(packed[-1]), lr=trainer.lr)
             if source is not None:  # cumulative signal_cache_hits / signal_cache_misses over all workers
                 metrics.update(source.metrics())
+            if rollouts is not None:  # on_policy_fraction, rollout_tokens_per_s, rollout_staleness, teacher wait
+                metrics.update(rollouts.metrics())
             step_values = objective.pop_step_values()  # alpha and temperature of every step (schedules)
             if logger is not None:
                 logger.log_per_step({s: {"alpha": a, "temperature": t} for s, a, t in step_values})
@@ -143,7 +169,7 @@ def train_loop_per_worker(config: dict) -> None:
                 eta = (tc.max_steps - step - 1) * window_time / window_steps
                 if not post(loop.progress, step_event(step + 1, tc.max_steps, start_step, metrics, eta)):
                     say(f"step {step + 1}/{tc.max_steps} {describe(metrics)} eta {duration(eta)}", stream=sys.__stderr__)
-            window = {}
+            window, counts = {}, {}
             window_steps, window_time, window_tokens = 0, 0.0, 0
 
         if (step + 1) % tc.checkpoint_every == 0 or done:

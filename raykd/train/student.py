@@ -38,6 +38,7 @@ class MicroBatch:
     signals: Any = None  # TeacherSignals of these rows, or None (hard labels only)
     weights: np.ndarray | None = None  # (B, L) per-token sample weights
     loss_mask: np.ndarray | None = None  # (B, L) 1 where ids[b, t] is a label to learn; None: all
+    on_policy: bool = False  # student-written rows (raykd/train/rollouts.py): the on-policy loss applies
 
 
 def merge_metrics(parts: list[dict[str, float]]) -> dict[str, float]:
@@ -73,12 +74,14 @@ class StudentTrainer:
         return self.tc.batch_size * self.tc.grad_accum_steps * self.world
 
     # ------------------------------------------------------------------ one step
-    def _forward_loss(self, student, ids, *, step, signals, weights, loss_mask, denominator):
+    def _forward_loss(self, student, ids, *, step, signals, weights, loss_mask, denominator, on_policy=False):
         """The student's forward and the objective's loss: called inside the placed module's forward."""
         from raykd.train.chunked_objective import chunked_objective_loss
 
         with bf16_autocast(self.device, self.autocast):
             out = student(input_ids=ids, **self.forward_kwargs)  # logits (B, L, V) (+ extras); none if chunked
+        if on_policy:  # the student wrote these tokens (config: no chunking, no feature terms with on-policy)
+            return self.objective.compute_on_policy_loss(step, out, ids, signals, weights, loss_mask, denominator)
         if self.chunk:
             lm_head = student.get_output_embeddings().weight  # unsharded inside the FSDP root's forward
             return chunked_objective_loss(self.objective, lm_head, step, out, ids, signals, weights, self.chunk,
@@ -106,7 +109,8 @@ class StudentTrainer:
             denominator = None if len(micro) == 1 and counts[0] == per_worker else per_worker
             ids = torch.as_tensor(np.asarray(mb.ids), dtype=torch.long, device=self.device)  # (B, L)
             loss, metrics = self.placed.module(ids, step=step, signals=mb.signals, weights=mb.weights,
-                                               loss_mask=mb.loss_mask, denominator=denominator)
+                                               loss_mask=mb.loss_mask, denominator=denominator,
+                                               **({"on_policy": True} if mb.on_policy else {}))
             with self.placed.accumulating(last=i == len(micro) - 1):
                 loss.backward()
             parts.append(metrics)

@@ -169,6 +169,35 @@ def test_architecture_vllm_does_not_know(tmp_path, tiny_teacher):
     check_vllm_teacher(str(tiny_teacher), TeacherConfig(backend="vllm"), top_k=20, seq_len=64)
 
 
+def test_loaded_weights_are_the_ones_served(loop, vllm_fp32, tiny_teacher, heldout):
+    """The engine side of the on-policy weight sync (loss.on_policy.engine vllm, raykd/train/rollout_engine.py):
+    after `load_weights` the engine writes what transformers writes with the new weights (greedy; >= 3 of 4 as
+    above: near-ties), not what it wrote before; loading the original weights back restores its output."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from raykd.train.rollouts import sample_continuations
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_teacher, dtype=torch.float32)
+    original = {k: v.detach().clone().numpy() for k, v in model.state_dict().items()}
+    prompts = [s[:8] for s in heldout[:4]]
+    before = loop.run_until_complete(vllm_fp32.generate(prompts, 12, 0.0)).tokens
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    try:
+        loop.run_until_complete(vllm_fp32.load_weights({k: v.numpy() for k, v in model.state_dict().items()}))
+        after = loop.run_until_complete(vllm_fp32.generate(prompts, 12, 0.0)).tokens
+        expected = sample_continuations(model, torch.as_tensor(np.stack(prompts), dtype=torch.long), 12, 0.0).numpy()
+        assert sum(np.array_equal(a, b) for a, b in zip(after, expected)) >= 3
+        assert not all(np.array_equal(a, b) for a, b in zip(after, before))
+    finally:
+        loop.run_until_complete(vllm_fp32.load_weights(original))
+    restored = loop.run_until_complete(vllm_fp32.generate(prompts, 12, 0.0)).tokens
+    assert all(np.array_equal(a, b) for a, b in zip(restored, before))
+
+
 # ---- bfloat16 (last: its fixture stops the float32 engine)
 def test_bfloat16_engine_agrees_within_bf16_error(loop, vllm_bf16, hf, heldout):
     got = loop.run_until_complete(vllm_bf16.score(heldout, 20))
