@@ -21,20 +21,38 @@ restores the quantized model (torchao must be installed).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 from pathlib import Path
 
 MODES = ("int8_weight_only", "int8_dynamic", "int4_weight_only")
 INT4_GROUP_SIZE = 32  # elements per INT4 scale: the smallest group torchao offers, so tiny layers divide
 
 
+@contextlib.contextmanager
+def muted_logs():
+    """Python logging muted below ERROR: torchao warns about its CUDA-only extensions and torch about the enums
+    torchao registers (at import and at first use), noise on every CPU run (`--verbose` shows them)."""
+    from raykd.console import is_verbose
+
+    before = logging.root.manager.disable
+    if not is_verbose():
+        logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(before)
+
+
 def torchao_config(mode: str):
     """The torchao config object of `mode` (one of MODES)."""
-    from torchao.quantization import (
-        Int4WeightOnlyConfig,
-        Int8DynamicActivationInt8WeightConfig,
-        Int8WeightOnlyConfig,
-    )
+    with muted_logs():
+        from torchao.quantization import (
+            Int4WeightOnlyConfig,
+            Int8DynamicActivationInt8WeightConfig,
+            Int8WeightOnlyConfig,
+        )
 
     if mode == "int8_weight_only":
         return Int8WeightOnlyConfig()
@@ -51,6 +69,11 @@ def unsupported_reason(mode: str) -> str | None:
     layer, milliseconds); else one line saying why. Cached: the answer does not change within a process."""
     if mode not in MODES:
         return f"unknown quantization mode {mode!r}; expected one of {', '.join(MODES)}"
+    with muted_logs():
+        return _probe(mode)
+
+
+def _probe(mode: str) -> str | None:
     try:
         import torch
         from torchao.quantization import quantize_
@@ -76,7 +99,8 @@ def save_quantized(model_dir: str | Path, mode: str, out_dir: str | Path) -> Pat
     from transformers import AutoModelForCausalLM, TorchAoConfig
 
     dtype = torch.bfloat16 if mode.startswith("int4") else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype,
-                                                 quantization_config=TorchAoConfig(torchao_config(mode)))
-    model.save_pretrained(str(out_dir), safe_serialization=True)
+    with muted_logs():
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype,
+                                                     quantization_config=TorchAoConfig(torchao_config(mode)))
+        model.save_pretrained(str(out_dir), safe_serialization=True)
     return Path(out_dir)
