@@ -26,3 +26,14 @@ def tokens(n: int = 4, length: int = 24, seed: int = 0):
 
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 96, (n, length), generator=g)
+
+
+def tiny_tokenizer():
+    """A real fast tokenizer over the 96 ids of `tiny_llama` (one word per id)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(95)} | {"<unk>": 95}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
