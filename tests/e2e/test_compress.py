@@ -24,7 +24,8 @@ def test_compress_study_tiny(ray_cluster, teacher_app, tiny_teacher, tmp_path):
         "data.source=builtin", "data.task_fraction=0", "data.builtin_chars=60000", "data.seq_len=64",
         "data.max_sequences=32", "data.val_fraction=0.1",
         "kd.students={kd-1x32: {num_layers: 1, hidden_size: 32}}",
-        "kd.train={num_workers: 1, batch_size: 4, max_steps: 2, warmup_steps: 0, checkpoint_every: 2}",
+        "kd.train={num_workers: 1, batch_size: 4, max_steps: 2, warmup_steps: 0, checkpoint_every: 2, "
+        f"storage_path: {tmp_path}/runs}}",
         "variants=[{method: quantize, mode: int8_dynamic}, {method: magnitude_prune, sparsity: 0.5}, "
         "{method: structured_prune, mlp: 0.5, drop_layers: 1}, {method: low_rank, ratio: 2, recover: false}]",
         "recovery={steps: 2, batch_size: 4}", "calibration_blocks=4",
