@@ -54,16 +54,19 @@ def importance(model, batches) -> Importance:
         def mlp_in(_m, args, i=i):  # (b, L, intermediate)
             chan_sum[i] += args[0].double().abs().sum(dim=(0, 1))
 
+        def block(_m, args, kwargs, output, i=i):  # (b, L, d) residual stream in and out of layer i
+            h_in = (args[0] if args else kwargs["hidden_states"]).double()
+            h_out = (output[0] if isinstance(output, tuple) else output).double()
+            block_sum[i] += (1 - torch.nn.functional.cosine_similarity(h_in, h_out, dim=-1)).sum()
+
         hooks += [layer.self_attn.o_proj.register_forward_pre_hook(attn_in),
-                  layer.mlp.down_proj.register_forward_pre_hook(mlp_in)]
+                  layer.mlp.down_proj.register_forward_pre_hook(mlp_in),
+                  layer.register_forward_hook(block, with_kwargs=True)]
     was_training = model.training
     model.eval()
     try:
         for ids in batches:
-            hidden = model(input_ids=ids, output_hidden_states=True).hidden_states  # layers + 1 of (b, L, d)
-            for i in range(n):
-                cos = torch.nn.functional.cosine_similarity(hidden[i].double(), hidden[i + 1].double(), dim=-1)
-                block_sum[i] += (1 - cos).sum()
+            model(input_ids=ids)
             tokens += ids.numel()
     finally:
         for h in hooks:
@@ -71,8 +74,6 @@ def importance(model, batches) -> Importance:
         model.train(was_training)
     if tokens == 0:
         raise ValueError("importance needs at least one calibration batch")
-    # The last hidden state HF returns has the final norm applied; the last layer's score uses it as is
-    # (the norm only rescales each token, which the cosine ignores).
     return Importance(head_sum / tokens, chan_sum / tokens, block_sum / tokens)
 
 

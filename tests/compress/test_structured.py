@@ -6,16 +6,16 @@ from raykd.models import count_parameters
 from tests.compress.tiny import tiny_llama, tokens
 
 
-def planted_model():
+def planted_model(dead_layer: int = 1):
     """3 layers, 4 query heads in 2 key/value groups, 96 MLP channels: in every layer the second key/value
-    group and the upper half of the MLP channels output nothing, and layer 1 adds nothing to the stream."""
+    group and the upper half of the MLP channels output nothing, and `dead_layer` adds nothing to the stream."""
     model = tiny_llama(heads=4, kv_heads=2, layers=3, inter=96)
     with torch.no_grad():
         for layer in model.model.layers:
             layer.self_attn.v_proj.weight[16:] = 0  # kv head 1 (head_dim 16) -> query heads 2, 3 read zeros
             layer.mlp.up_proj.weight[48:] = 0
-        model.model.layers[1].self_attn.o_proj.weight.zero_()
-        model.model.layers[1].mlp.down_proj.weight.zero_()
+        model.model.layers[dead_layer].self_attn.o_proj.weight.zero_()
+        model.model.layers[dead_layer].mlp.down_proj.weight.zero_()
     return model
 
 
@@ -27,10 +27,11 @@ def test_importance_finds_what_does_nothing():
     assert imp.layers[1] < 1e-9 < imp.layers[0] and imp.layers[2] > 1e-6
 
 
-def test_pruning_the_dead_parts_keeps_the_outputs_and_the_config_loads(tmp_path):
+@pytest.mark.parametrize("dead_layer", [1, 2])
+def test_pruning_the_dead_parts_keeps_the_outputs_and_the_config_loads(tmp_path, dead_layer):
     from transformers import AutoModelForCausalLM
 
-    model = planted_model()
+    model = planted_model(dead_layer)
     x = tokens(3, 20, seed=7)
     imp = importance(model, [tokens(4, 24, seed=0)])
     small = prune_structured(model, imp, heads=0.5, mlp=0.5, drop_layers=1)
