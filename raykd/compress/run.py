@@ -81,10 +81,7 @@ def _run_tasks(cfg: CompressConfig, jobs: list) -> list:
 
 
 def _paths(rows: list, root: Path, teacher_path: str, kd_dirs: dict[str, Path]) -> dict[str, str]:
-    out = {"teacher": teacher_path}
-    for m in rows:
-        out[m.name] = str(kd_dirs.get(m.name, root / m.name))
-    return out
+    return {m.name: teacher_path if m.name == "teacher" else str(kd_dirs.get(m.name, root / m.name)) for m in rows}
 
 
 def _measure_speed(cfg: CompressConfig, rows: list, paths: dict[str, str], vocab: int) -> None:

@@ -15,15 +15,16 @@ def test_compress_study_tiny(ray_cluster, teacher_app, tiny_teacher, tmp_path):
 
     from raykd.compress.measure import load_variant
     from raykd.compress.run import run_compress
-    from raykd.config import load_config
+    from raykd.config import deep_merge, parse_overrides, read_yaml_tree, validate
     from raykd.config.compress import CompressConfig
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cfg = load_config(CompressConfig, "jobs/configs/compress.yaml", [
+    tree, _ = read_yaml_tree("jobs/configs/compress.yaml")
+    tree["kd"]["students"] = {"kd-1x32": {"num_layers": 1, "hidden_size": 32}}  # replaces the two (no merge)
+    tree = deep_merge(tree, parse_overrides([
         f"teacher.path={tiny_teacher}", f"output_dir={tmp_path}/out", f"mlflow.tracking_uri={uri}",
         "data.source=builtin", "data.task_fraction=0", "data.builtin_chars=60000", "data.seq_len=64",
         "data.max_sequences=32", "data.val_fraction=0.1",
-        "kd.students={kd-1x32: {num_layers: 1, hidden_size: 32}}",
         "kd.train={num_workers: 1, batch_size: 4, max_steps: 2, warmup_steps: 0, checkpoint_every: 2, "
         f"storage_path: {tmp_path}/runs}}",
         "variants=[{method: quantize, mode: int8_dynamic}, {method: magnitude_prune, sparsity: 0.5}, "
@@ -31,7 +32,8 @@ def test_compress_study_tiny(ray_cluster, teacher_app, tiny_teacher, tmp_path):
         "recovery={steps: 2, batch_size: 4}", "calibration_blocks=4",
         "eval={max_sequences: 4, tasks: {enabled: true, levels: [1, 2], per_level: 2}, "
         "speed: {prompt_tokens: 8, gen_tokens: 4, batch_sizes: [1, 2], repeats: 1}}",
-    ])
+    ]))
+    cfg = validate(CompressConfig, tree, "test")
     out = run_compress(cfg)
 
     names = [m.name for m in out["rows"]]
