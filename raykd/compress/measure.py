@@ -9,9 +9,9 @@ Quality: held-out next-token loss and perplexity (raykd/eval/heldout.py), top-1 
 teacher's argmax on the same positions, task-suite exact match per level (raykd/data/task_suite.py,
 greedy). Size: parameters (each stored element once; a low-rank pair counts its two factors), non-zero
 parameters, and bytes on disk of the weight files (*.safetensors; config and tokenizer not counted).
-Speed: prefill tokens/s (one forward over batch x prompt_tokens) and decode tokens/s (greedy generate of
-gen_tokens more, its time less the prefill's) at each batch size, median of `repeats` after a warm-up,
-with `threads` torch threads.
+Speed: prefill tokens/s (one forward over batch x prompt_tokens, filling the KV cache) and decode tokens/s
+(gen_tokens greedy one-token steps on that cache, timed on their own) at each batch size, median of
+`repeats` after a warm-up, with `threads` torch threads.
 """
 
 from __future__ import annotations
@@ -142,7 +142,10 @@ def measure_quality(name: str, method: str, path: str | Path, val: np.ndarray, t
 
 
 def measure_speed(model, cfg, vocab_size: int, seed: int = 0) -> dict[str, float]:
-    """{prompt_tps_b<B>, gen_tps_b<B>} for each of cfg.batch_sizes (cfg: raykd.config.compress.SpeedConfig)."""
+    """{prompt_tps_b<B>, gen_tps_b<B>} for each of cfg.batch_sizes (cfg: raykd.config.compress.SpeedConfig).
+
+    Prefill: one forward of (B, prompt_tokens) that fills the KV cache. Decode: `gen_tokens` greedy steps of
+    one token each on that cache, timed on their own (no subtraction of two noisy timings)."""
     import torch
 
     from raykd.models import torch_threads
@@ -152,26 +155,19 @@ def measure_speed(model, cfg, vocab_size: int, seed: int = 0) -> dict[str, float
     with torch_threads(cfg.threads), torch.inference_mode():
         for b in cfg.batch_sizes:
             ids = torch.randint(0, vocab_size, (b, cfg.prompt_tokens), generator=g)
-            mask = torch.ones_like(ids)
-
-            def prefill():
-                model(input_ids=ids, attention_mask=mask, use_cache=False)
-
-            def generate():
-                model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=cfg.gen_tokens,
-                               min_new_tokens=cfg.gen_tokens, do_sample=False, pad_token_id=0)
-
-            t_prefill, t_gen = _median_seconds(prefill, cfg.repeats), _median_seconds(generate, cfg.repeats)
-            out[f"prompt_tps_b{b}"] = b * cfg.prompt_tokens / t_prefill
-            out[f"gen_tps_b{b}"] = b * cfg.gen_tokens / max(t_gen - t_prefill, 1e-9)
+            prefill, decode = [], []
+            for _ in range(cfg.repeats + 1):  # the first is a warm-up (lazy kernels, allocator)
+                t0 = time.perf_counter()
+                step = model(input_ids=ids, use_cache=True)
+                t1 = time.perf_counter()
+                for _ in range(cfg.gen_tokens):
+                    nxt = step.logits[:, -1:].argmax(-1)  # (B, 1)
+                    step = model(input_ids=nxt, past_key_values=step.past_key_values, use_cache=True)
+                t2 = time.perf_counter()
+                prefill.append(t1 - t0)
+                decode.append(t2 - t1)
+            out[f"prompt_tps_b{b}"] = b * cfg.prompt_tokens / statistics.median(prefill[1:])
+            out[f"gen_tps_b{b}"] = b * cfg.gen_tokens / statistics.median(decode[1:])
     return out
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up: lazy kernels, allocator
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
