@@ -5,8 +5,9 @@
 
 Modes (torchao 0.18 configs):
 - ``int8_weight_only``: per-output-channel symmetric INT8 weights (`Int8WeightOnlyConfig`); activations
-  stay float. Each weight element w is stored as round(w / s) with s = max|w_row| / 127, so the round trip
-  errs by at most s/2 per element (tests/compress/test_quantize.py).
+  stay float. Each weight element w is stored as round(w / s), s = max|w_row| / 127.5 (torchao spreads the
+  row's symmetric range over 255 levels), so the round trip errs by at most s/2 per element
+  (tests/compress/test_quantize.py).
 - ``int8_dynamic``: INT8 weights as above and activations quantized per token at run time
   (`Int8DynamicActivationInt8WeightConfig`).
 - ``int4_weight_only``: grouped INT4 weights (`Int4WeightOnlyConfig`). torchao 0.18 packs INT4 for CUDA
