@@ -7,6 +7,7 @@
     raykd build-teacher [--out DIR] [key=value ...]     # the offline tiny teacher (cached)
     raykd mlm-distill --config jobs/configs/mlm.yaml [key=value ...]   # BERT teacher -> shallower BERT (MLM)
     raykd sweep    --config jobs/configs/sweep_asha.yaml [--resume] [key=value ...]   # Ray Tune, one teacher
+    raykd compress --config jobs/configs/compress.yaml [key=value ...]   # KD vs quantization, pruning, low rank
 
 Config problems end with one line `raykd: error: <field>: <problem>` and exit code 2, before any
 cluster starts or model loads.
@@ -48,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("mlm-distill", help="masked-LM distillation (DistilBERT-style) from a BERT teacher on Serve")
     p.add_argument("--config", help="YAML file (see jobs/configs/mlm.yaml)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. student.num_layers=2")
+    p = sub.add_parser("compress", help="KD students vs quantized, pruned, factorised variants of one teacher, measured alike")
+    p.add_argument("--config", required=True, help="YAML file (see jobs/configs/compress.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. recovery.steps=30")
     p = sub.add_parser("build-teacher", help="build (or find in the cache) the offline tiny teacher")
     p.add_argument("--out", help="directory to write; default: the raykd cache")
     p.add_argument("overrides", nargs="*", help="TinyTeacherConfig fields, e.g. max_minutes=2")
@@ -96,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
             from raykd.mlm.run import run_mlm_distill
 
             run_mlm_distill(load_config(MLMDistillConfig, args.config, args.overrides))
+        elif args.command == "compress":
+            from raykd.compress.run import run_compress
+            from raykd.config import load_config
+            from raykd.config.compress import CompressConfig
+
+            run_compress(load_config(CompressConfig, args.config, args.overrides))
         elif args.command == "build-teacher":
             from pathlib import Path
 
