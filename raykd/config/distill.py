@@ -207,7 +207,7 @@ class SignalsConfig(StrictModel):
         "and store new ones; a second epoch, a resumed run or another trial then skips the teacher."
     )
     cache_dir: str | None = Field(
-        None, description="Cache root; default <RAYKD_CACHE>/signals. Shards go to <root>/<fingerprint>/k<top_k>/."
+        None, description="Cache root; default <RAYKD_CACHE>/signals. Shards go to <root>/<fingerprint>/<backend>-<dtype>/k<top_k>/."
     )
     offline_path: str | None = Field(
         None, description="Directory of Parquet shards from `raykd capture`: training reads them and never "
