@@ -76,12 +76,14 @@ def fit_student(cfg: DistillConfig, name: str, loop: LoopConfig, data, label: st
 
 
 def export_student(checkpoint_dir: Path, tokenizer, out_dir: Path) -> Path:
-    """Copy the final checkpoint into a loadable HF directory (weights + config + tokenizer), atomically.
+    """Copy the final checkpoint into a loadable HF directory (weights + config + tokenizer + checksums.rank0.json),
+    atomically (a temporary directory beside `out_dir`, renamed).
 
     The final checkpoint holds HF safetensors whatever train.strategy (raykd/train/checkpoint.py: FSDP gathers
     them onto rank 0 at the last step): `model.safetensors`, or shards with `model.safetensors.index.json`.
     """
     from raykd.train.checkpoint import WEIGHTS_INDEX
+    from raykd.train.integrity import write_checksums
 
     weights = sorted(checkpoint_dir.glob("model*.safetensors"))
     if not weights:
@@ -91,6 +93,7 @@ def export_student(checkpoint_dir: Path, tokenizer, out_dir: Path) -> Path:
             if (checkpoint_dir / f).exists():
                 shutil.copy2(checkpoint_dir / f, tmp / f)
         tokenizer.save_pretrained(tmp)
+        write_checksums(tmp)  # sizes and sha256 of the student's files (raykd/train/integrity.py)
     return out_dir
 
 

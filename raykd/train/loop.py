@@ -56,6 +56,7 @@ def train_loop_per_worker(config: dict) -> None:
     from raykd.teacher.service import teacher_handle
     from raykd.tracking import MetricLogger
     from raykd.train.batches import step_batches
+    from raykd.train.integrity import whole_checkpoint
     from raykd.train.prefetch import SignalPrefetcher
     from raykd.train.signal_source import signal_source
     from raykd.train.student import MicroBatch, StudentTrainer
@@ -85,7 +86,8 @@ def train_loop_per_worker(config: dict) -> None:
         checkpoint = ray.train.Checkpoint(loop.init_checkpoint)
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            start_step = trainer.load(Path(d))
+            # A damaged latest checkpoint (checksums differ) is said in one line and the previous one used.
+            start_step = trainer.load(whole_checkpoint(Path(d), lambda msg: rank == 0 and _tell(loop, msg)))
         if rank == 0:
             _tell(loop, f"resuming from step {start_step} ({checkpoint.path})")
 
