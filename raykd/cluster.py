@@ -137,6 +137,8 @@ def _job_env_vars() -> dict[str, str]:
 
 
 def shutdown_ray(started: bool) -> None:
+    if not started:  # nothing to stop (and no reason to import Ray on the way out of an early failure)
+        return
     import ray
 
     # An embedded cluster takes its Serve apps with it; a shared cluster keeps the teacher for other jobs.

@@ -34,7 +34,7 @@ def make_trainer(cfg: DistillConfig, name: str, storage_path: str, loop: LoopCon
     reading its batches of `data` (a BlockData) through `ray.train.get_dataset_shard` (raykd/train/batches.py)."""
     import dataclasses
 
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from raykd.train.batches import plan_windows, resume_step_hint, train_datasets
@@ -52,8 +52,11 @@ def make_trainer(cfg: DistillConfig, name: str, storage_path: str, loop: LoopCon
         scaling_config=ScalingConfig(
             num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker={"CPU": tc.cpus_per_worker}
         ),
+        # A lost worker restarts the group from the last checkpoint (train.max_failures); the loop resumes there
+        # with the same data order (raykd/train/batches.py), so no sample is lost or doubled.
         run_config=RunConfig(name=name, storage_path=storage_path, callbacks=callbacks or [],
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             failure_config=FailureConfig(max_failures=tc.max_failures)),
         datasets=datasets or None,
         dataset_config=dataset_config,
     )
