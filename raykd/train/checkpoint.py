@@ -8,9 +8,9 @@
 `placed` is raykd/train/parallel.py's PlacedStudent. Every directory holds `config.json` (the student's HF
 config), `objective.pt` when the loss has learnable parts (raykd/loss/objective.py: projections,
 discriminator, temperature histogram) and `state.json` (step, global batch, strategy: the data position is
-the step times the global batch, so a resume must keep the global batch), and, written last, the sizes and
-sha256 of each writing rank's files (raykd/train/integrity.py: a damaged checkpoint is found on resume and the
-previous one used). Then, by `train.strategy`:
+the step times the global batch, so a resume must keep the global batch); `StudentTrainer.save` adds, last,
+the sizes and sha256 of each writing rank's files (raykd/train/integrity.py: a damaged checkpoint is found on
+resume and the previous one used). Then, by `train.strategy`:
 
   ddp   rank 0 writes the model as HF safetensors (`model.safetensors`, or shards + index past
         `train.export_shard_size`: a loadable student) and `optimizer.pt` (optimizer + LR schedule, loaded
@@ -116,10 +116,6 @@ def save_checkpoint(directory: Path, placed, optimizer, scheduler, step: int, ob
         if global_batch is not None:
             state["global_batch"] = global_batch
         (directory / STATE_FILE).write_text(json.dumps(state))
-    if main or placed.fsdp:  # last: what this rank wrote, so a resume can tell a damaged copy (raykd/train/integrity.py)
-        from raykd.train.integrity import write_checksums
-
-        write_checksums(directory, placed.rank, writers=placed.world if placed.fsdp else 1)
 
 
 def load_checkpoint(directory: Path, placed, optimizer, scheduler, objective=None, *,

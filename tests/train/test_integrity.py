@@ -28,6 +28,7 @@ def _two_checkpoints(tmp_path):
                 p.add_(0.01 * (i + 1))
         dirs.append(run / f"checkpoint_00000{i}")
         save_checkpoint(dirs[-1], placed, opt, sched, step, global_batch=32)
+        write_checksums(dirs[-1])  # as StudentTrainer.save does after it (rank 0 of DDP: the only writer)
     return placed, opt, sched, dirs
 
 
