@@ -12,6 +12,7 @@ storage path resumes from the last one (Ray Train restores by run name).
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ def make_trainer(cfg: DistillConfig, name: str, storage_path: str, loop: LoopCon
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from raykd.train.batches import plan_windows, resume_step_hint, train_datasets
+    from raykd.train.batches import TRACE_ENV, plan_windows, resume_step_hint, train_datasets
     from raykd.train.loop import train_loop_per_worker
 
     tc = cfg.train
@@ -45,7 +46,8 @@ def make_trainer(cfg: DistillConfig, name: str, storage_path: str, loop: LoopCon
     step_blocks = tc.batch_size * tc.grad_accum_steps  # one worker's blocks per optimizer step
     windows = plan_windows(data.n_train, data.seq_len, step_blocks, tc.num_workers, first, tc.max_steps)
     datasets, dataset_config = train_datasets(data, cfg, windows)
-    loop = dataclasses.replace(loop, data_windows=tuple(windows))
+    # The driver's RAYKD_BATCH_TRACE reaches the workers with the loop config, also on a cluster joined in-process.
+    loop = dataclasses.replace(loop, data_windows=tuple(windows), batch_trace=os.environ.get(TRACE_ENV))
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop.to_train_loop_config(),

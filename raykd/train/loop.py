@@ -101,7 +101,8 @@ def train_loop_per_worker(config: dict) -> None:
     accum = tc.grad_accum_steps
     # This worker's blocks, step by step (ids, loss mask, sample weights), from its Ray Data shard: each step's
     # batch_size * grad_accum_steps blocks, split into micro-batches below (the same global batch for any split).
-    batches = step_batches(list(loop.data_windows), tc.batch_size * accum, start_step, rank=rank)
+    batches = step_batches(list(loop.data_windows), tc.batch_size * accum, start_step, rank=rank,
+                           trace_dir=loop.batch_trace)
     prefetch = SignalPrefetcher(submit and (lambda b: submit(b.ids)), batches, tc.max_inflight)
 
     logger = MetricLogger(loop.tracking_uri, loop.run_id) if rank == 0 else None
