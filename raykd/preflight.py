@@ -97,6 +97,8 @@ def check_tracking_uri(uri: str, experiment: str, timeout: float = CONNECT_TIMEO
         if db.is_dir():
             raise ConfigError(f"{what}: {db} is a directory, not a database file")
         check_writable_dir(db.parent, what)
+        if not db.parent.is_dir():
+            raise ConfigError(f"{what}: directory {db.parent} does not exist (sqlite does not create it)")
         # MLflow's default artifact root for a database store is ./mlruns (resolved when the store opens).
         artifacts = _sqlite_artifact_location(db, experiment) or str(Path("mlruns").resolve())
     elif scheme == "file":

@@ -105,6 +105,8 @@ def test_sqlite_store_and_its_artifact_location(tmp_path, monkeypatch):
     a_file.write_text("x")
     with pytest.raises(ConfigError, match=r"^mlflow.tracking_uri sqlite:///.*/f/mlflow.db: .*/f exists and is not a directory"):
         check_tracking_uri(f"sqlite:///{a_file}/mlflow.db", "e")
+    with pytest.raises(ConfigError, match=r"directory .*/nodir does not exist \(sqlite does not create it\)$"):
+        check_tracking_uri(f"sqlite:///{tmp_path}/nodir/mlflow.db", "e")
     (tmp_path / "mlruns").write_text("x")  # MLflow's default artifact root of a database store
     with pytest.raises(ConfigError, match=r"^MLflow artifact location of experiment 'e' \(.*/mlruns\): .* not a dir"):
         check_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db", "e")
