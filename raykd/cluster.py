@@ -1,8 +1,8 @@
 """Connecting to Ray: the cluster named by `RAY_ADDRESS` (as under `ray job submit`), or an embedded one.
 
 An embedded cluster is started with enough *logical* CPUs for the teacher replicas and the Train
-workers even on a 2-core laptop (they then share the cores; torch threads are set per process), and
-with the dashboard bound to 127.0.0.1.
+workers even on a 2-core laptop (they then share the cores; torch threads are set per process), with no
+dashboard, and on node 127.0.0.1: nothing it runs listens beyond this machine (`_loopback_node`).
 
     started = init_ray(logical_cpus_needed)     # True: this process started the cluster and stops it
     shutdown_ray(started)
@@ -15,6 +15,7 @@ tables (raykd/console.py, raykd/train/progress.py) and every error still reach t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -98,16 +99,44 @@ def init_ray(logical_cpus_needed: float) -> bool:
     # One machine, started here: no node of it can be preempted, so Ray Train's preemption watcher (one more
     # actor process per training run) has nothing to watch. Train reads it from this process's environment.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    ray.init(
-        num_cpus=cpus,
-        include_dashboard=False,
-        runtime_env=env,
-        logging_level=logging.WARNING,
-        configure_logging=True,
-        log_to_driver=verbose,
-    )
+    with _loopback_node():
+        ray.init(
+            num_cpus=cpus,
+            include_dashboard=False,
+            runtime_env=env,
+            logging_level=logging.WARNING,
+            configure_logging=True,
+            log_to_driver=verbose,
+            _node_ip_address=LOOPBACK,
+        )
     _remember_log_dir()
     return True
+
+
+LOOPBACK = "127.0.0.1"
+
+
+@contextlib.contextmanager
+def _loopback_node():
+    """An embedded cluster serves this process only, so its node is 127.0.0.1 and its servers (GCS, raylet,
+    workers, agents) bind there, not on every interface: Ray's own local mode on macOS and Windows
+    (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, else `ray.init` swaps 127.0.0.1 for the machine's address). The
+    processes it starts inherit the variable; this process's Ray constant is set for the start and restored.
+    A cluster others must reach is started with `ray start` and joined through RAY_ADDRESS."""
+    from ray._private import ray_constants
+
+    var = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    saved_env, saved_flag = os.environ.get(var), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[var] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = saved_env
 
 
 def start_ray(cpus: float, attempts: int = 3) -> bool:
