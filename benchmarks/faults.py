@@ -33,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
-from common import describe_line, loadavg  # noqa: E402
+from common import describe, describe_line, loadavg  # noqa: E402
 
 TEACHER = dict(vocab_size=384, hidden_size=64, num_heads=1, num_layers=2, intermediate_size=128,
                corpus_chars=30_000, max_steps=25, seq_len=64, batch_size=16, max_minutes=1.0)
@@ -187,7 +187,7 @@ def main() -> None:
         equal = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     n = len(faulted["injected"])
     result = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": describe_line(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": describe_line(describe()),
         "load_before": load_before, "load_after": loadavg(),
         "command": f"nice -n 10 python benchmarks/faults.py --steps {args.steps} --faults {args.faults} --seed {args.seed}",
         "faults_injected": n, "by_kind": {k: sum(f["kind"] == k for f in faulted["injected"]) for k in KINDS},
