@@ -1,5 +1,6 @@
-"""Checkpoint and export checksums (raykd/train/integrity.py): a damaged latest checkpoint is found on resume,
-said in one line, and the previous one used.
+"""Faults in training without a cluster: checkpoint and export checksums (raykd/train/integrity.py; a damaged
+latest checkpoint is found on resume, said in one line, and the previous one used) and the trainer's restart
+wiring (train.max_failures). The restart itself: tests/e2e/test_faults.py.
 
     pytest tests/train/test_integrity.py
 """
@@ -94,3 +95,24 @@ def test_the_exported_student_carries_its_checksums(tmp_path, tiny_teacher):
     listed = json.loads((out / "checksums.rank0.json").read_text())["files"]
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(listed) and checksum_problem(out) is None
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".student")]  # no temporary left beside it
+
+
+def test_the_trainer_restarts_lost_workers_and_carries_the_batch_trace(monkeypatch):
+    """make_trainer wires train.max_failures into Ray Train's FailureConfig and the driver's RAYKD_BATCH_TRACE into
+    the loop config the workers get (no cluster: the TorchTrainer is only built)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from raykd.config import DistillConfig
+    from raykd.train.fit import make_trainer
+    from raykd.train.loop_config import LoopConfig
+
+    monkeypatch.setenv("RAYKD_BATCH_TRACE", "/tmp/trace-dir")
+    data = SimpleNamespace(n_train=64, seq_len=16, chunks=[], offsets=np.array([0, 64]))
+    for failures in (3, 0):
+        cfg = DistillConfig.model_validate({"train": {"max_failures": failures, "max_steps": 4}})
+        trainer = make_trainer(cfg, "run", "/tmp/nowhere", LoopConfig(cfg, student_ref=None), data)
+        assert trainer.run_config.failure_config.max_failures == failures
+        assert LoopConfig.from_train_loop_config(trainer.train_loop_config).batch_trace == "/tmp/trace-dir"
+    assert DistillConfig().train.max_failures == 3  # on by default
