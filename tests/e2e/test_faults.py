@@ -1,11 +1,12 @@
 """Faults without a human: a SIGKILLed Train worker is replaced by Ray Train (train.max_failures) and the run
-finishes on its own, bit for bit as an uninterrupted run, every sample consumed exactly once; an embedded
-cluster listens on loopback only.
+finishes on its own, bit for bit as an uninterrupted run, every sample consumed exactly once; SIGTERM to a
+driver ends it cleanly (exit 143, MLflow run KILLED, no process left), and its embedded cluster listens on
+loopback only.
 
     pytest -m slow tests/e2e/test_faults.py
 
 The first test runs `run_distill` in-process on the session cluster and its teacher (tests/e2e/conftest.py);
-the second starts raykd's own embedded cluster in a child process, as a laptop run does.
+the second runs `raykd distill` with its own embedded cluster in a child process, as a laptop run does.
 """
 
 from __future__ import annotations
@@ -134,33 +135,59 @@ def test_a_killed_train_worker_is_replaced_and_the_run_ends_as_an_uninterrupted_
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-LIST_SOCKETS = """
-import json, sys
-import psutil
-from raykd.cluster import init_ray, shutdown_ray
+def _listening(pids: list[int]) -> list[tuple[str, str, int]]:
+    import psutil
 
-started = init_ray(2)
-tree = [psutil.Process()] + psutil.Process().children(recursive=True)
-listening = []
-for p in tree:
+    out = []
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            out += [(p.name(), c.laddr.ip, c.laddr.port) for c in p.net_connections(kind="inet")
+                    if c.status == psutil.CONN_LISTEN]
+        except psutil.Error:
+            continue
+    return out
+
+
+def test_sigterm_to_a_driver_with_its_own_cluster_ends_it_cleanly(tmp_path, tiny_teacher):
+    """`raykd distill` on an embedded cluster (a laptop run) gets SIGTERM mid-training (a preemption): while it
+    runs nothing of it listens outside 127.0.0.0/8; then it exits 143 with one line, the MLflow run is KILLED,
+    and no process of its cluster is left (Ray and Serve shut down). That the same command then resumes from the
+    last checkpoint is tests/e2e/test_distill.py's driver-kill test."""
+    import psutil
+    from mlflow.tracking import MlflowClient
+
+    from .conftest import own_cluster_env
+
+    cmd = [sys.executable, "-m", "raykd.cli", "distill", "--config", str(QUICKSTART), "run_name=preempted",
+           f"teacher.path={tiny_teacher}", *TINY_DISTILL, "train.max_steps=2000", f"train.checkpoint_every={EVERY}",
+           "train.log_every=50", "eval.baseline=false", "mlflow.experiment=faults"]
+    env = own_cluster_env(tmp_path)
+    log = (tmp_path / "driver.log").open("w")
+    driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    snapshot = tmp_path / "cache" / "runs" / "preempted" / "checkpoint_manager_snapshot.json"
+    deadline = time.time() + 600
     try:
-        for c in p.net_connections(kind="inet"):
-            if c.status == psutil.CONN_LISTEN:
-                listening.append([p.name(), c.laddr.ip, c.laddr.port])
-    except psutil.Error:
-        pass
-shutdown_ray(started)
-print(json.dumps({"started": started, "processes": len(tree), "listening": listening}))
-"""
-
-
-def test_an_embedded_cluster_listens_on_loopback_only(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["RAY_prestart_worker_first_driver"] = "0"
-    proc = subprocess.run([sys.executable, "-c", LIST_SOCKETS], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    found = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert found["started"] and found["processes"] >= 3 and found["listening"], found  # GCS, raylet, ... listen
-    outside = [s for s in found["listening"] if not (s[1].startswith("127.") or s[1] == "::1")]  # loopback only
-    assert not outside, outside
+        while time.time() < deadline and driver.poll() is None and "checkpoint_" not in _read(snapshot):
+            time.sleep(0.2)
+        assert driver.poll() is None, "the run ended early:\n" + _read(tmp_path / "driver.log")[-4000:]
+        tree = [p.pid for p in psutil.Process(driver.pid).children(recursive=True)] + [driver.pid]
+        listening = _listening(tree)
+        os.kill(driver.pid, signal.SIGTERM)
+        driver.wait(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        log.close()
+    output = _read(tmp_path / "driver.log")
+    assert listening and {name for name, _, _ in listening} >= {"gcs_server", "raylet"}, listening
+    assert [s for s in listening if not (s[1].startswith("127.") or s[1] == "::1")] == [], listening
+    assert driver.returncode == 143, output[-4000:]
+    assert output.splitlines()[-1] == "raykd: stopped by SIGTERM; the same command resumes from the last checkpoint"
+    assert "Traceback" not in output
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("faults").experiment_id])
+    assert [r.info.status for r in runs] == ["KILLED"]
+    time.sleep(2)  # Ray's daemons exit on their own once the driver's shutdown reached them
+    left = [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert left == [], [psutil.Process(p).cmdline()[:2] for p in left if psutil.pid_exists(p)]
