@@ -105,6 +105,7 @@ def test_a_killed_train_worker_is_replaced_and_the_run_ends_as_an_uninterrupted_
     assert killed, "the run finished before a worker could be killed"
     assert not psutil.pid_exists(killed["pid"]) or psutil.Process(killed["pid"]).status() == psutil.STATUS_ZOMBIE
     err = capfd.readouterr().err
+    assert "resuming from step " in err, err[-3000:]
     resumed = int(err.split("resuming from step ")[1].split()[0])
     assert EVERY <= resumed <= killed["after_step"] < STEPS, (resumed, killed)
 
