@@ -136,6 +136,14 @@ def test_a_killed_train_worker_is_replaced_and_the_run_ends_as_an_uninterrupted_
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _loopback(ip: str) -> bool:
+    """127.0.0.0/8 (also as an IPv4-mapped IPv6 address, ::ffff:127.0.0.1) or ::1."""
+    import ipaddress
+
+    addr = ipaddress.ip_address(ip)
+    return (getattr(addr, "ipv4_mapped", None) or addr).is_loopback
+
+
 def _listening(pids: list[int]) -> list[tuple[str, str, int]]:
     import psutil
 
@@ -182,7 +190,7 @@ def test_sigterm_to_a_driver_with_its_own_cluster_ends_it_cleanly(tmp_path, tiny
         log.close()
     output = _read(tmp_path / "driver.log")
     assert listening and {name for name, _, _ in listening} >= {"gcs_server", "raylet"}, listening
-    assert [s for s in listening if not (s[1].startswith("127.") or s[1] == "::1")] == [], listening
+    assert [s for s in listening if not _loopback(s[1])] == [], listening
     assert driver.returncode == 143, output[-4000:]
     assert output.splitlines()[-1] == "raykd: stopped by SIGTERM; the same command resumes from the last checkpoint"
     assert "Traceback" not in output
