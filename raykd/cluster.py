@@ -125,18 +125,41 @@ def _loopback_node():
     A cluster others must reach is started with `ray start` and joined through RAY_ADDRESS."""
     from ray._private import ray_constants
 
-    var = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
-    saved_env, saved_flag = os.environ.get(var), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[var] = "0"
+    set_env = {ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR: "0", LOOPBACK_ENV: "1"}
+    saved_env, saved_flag = {k: os.environ.get(k) for k in set_env}, ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(set_env)
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = saved_flag
-        if saved_env is None:
-            os.environ.pop(var, None)
-        else:
-            os.environ[var] = saved_env
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+LOOPBACK_ENV = "RAYKD_LOOPBACK"  # set in every process of an embedded cluster (inherited from its start)
+
+
+def serve_replica_on_loopback() -> None:
+    """In a Serve replica of an embedded cluster: Serve binds each replica's inter-deployment gRPC server to
+    "[::]" whatever the node IP (ray/serve/_private/replica.py); bind it to 127.0.0.1 instead. Called from the
+    replica's constructor, before Serve starts that server. Nothing changes on a cluster raykd joined."""
+    if os.environ.get(LOOPBACK_ENV) != "1":
+        return
+    from ray.serve._private import replica
+
+    real = replica.add_port_to_grpc_server
+    if getattr(real, "raykd_loopback", False):
+        return
+
+    def on_loopback(server, address: str):
+        return real(server, address.replace("[::]", LOOPBACK, 1))
+
+    on_loopback.raykd_loopback = True
+    replica.add_port_to_grpc_server = on_loopback
 
 
 def start_ray(cpus: float, attempts: int = 3) -> bool:

@@ -64,6 +64,9 @@ class Teacher:
     """Serve deployment body. One backend per replica; requests run one at a time on it."""
 
     def __init__(self, model_path: str, teacher_cfg: dict[str, Any], fingerprint: str):
+        from raykd.cluster import serve_replica_on_loopback
+
+        serve_replica_on_loopback()  # an embedded cluster: nothing of this replica listens beyond the machine
         cfg = TeacherConfig.model_validate(teacher_cfg)
         self.backend: TeacherBackend = make_backend(cfg, model_path)
         b = self.backend
