@@ -189,8 +189,6 @@ def test_sigterm_to_a_driver_with_its_own_cluster_ends_it_cleanly(tmp_path, tiny
             os.killpg(driver.pid, signal.SIGKILL)
         log.close()
     output = _read(tmp_path / "driver.log")
-    assert listening and {name for name, _, _ in listening} >= {"gcs_server", "raylet"}, listening
-    assert [s for s in listening if not _loopback(s[1])] == [], listening
     assert driver.returncode == 143, output[-4000:]
     assert output.splitlines()[-1] == "raykd: stopped by SIGTERM; the same command resumes from the last checkpoint"
     assert "Traceback" not in output
@@ -200,3 +198,8 @@ def test_sigterm_to_a_driver_with_its_own_cluster_ends_it_cleanly(tmp_path, tiny
     time.sleep(2)  # Ray's daemons exit on their own once the driver's shutdown reached them
     left = [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert left == [], [psutil.Process(p).cmdline()[:2] for p in left if psutil.pid_exists(p)]
+    assert listening and {name for name, _, _ in listening} >= {"gcs_server", "raylet"}, listening
+    # Ray's and Serve's servers are on loopback. Known exception: torch.distributed's rendezvous store on a Train
+    # worker binds every interface (torch has no bind address for it; docs/faults.md).
+    outside = [s for s in listening if not _loopback(s[1])]
+    assert all(name == "ray::RayTrainWorker" for name, _, _ in outside), outside
