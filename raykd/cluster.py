@@ -92,14 +92,15 @@ def init_ray(logical_cpus_needed: float) -> bool:
         # Under `ray job submit` Ray merges this with the job's runtime env and refuses a variable both set
         # (e.g. TOKENIZERS_PARALLELISM in --runtime-env-json): the job's value wins.
         env = {"env_vars": {k: v for k, v in env["env_vars"].items() if k not in _job_env_vars()}}
-        ray.init(address=address, runtime_env=env, logging_level=logging.WARNING, log_to_driver=verbose)
+        with _keep_sigterm_handler():
+            ray.init(address=address, runtime_env=env, logging_level=logging.WARNING, log_to_driver=verbose)
         _remember_log_dir()
         return False
     cpus = max(os.cpu_count() or 1, int(logical_cpus_needed + 0.999))
     # One machine, started here: no node of it can be preempted, so Ray Train's preemption watcher (one more
     # actor process per training run) has nothing to watch. Train reads it from this process's environment.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    with _loopback_node():
+    with _loopback_node(), _keep_sigterm_handler():
         ray.init(
             num_cpus=cpus,
             include_dashboard=False,
@@ -114,6 +115,22 @@ def init_ray(logical_cpus_needed: float) -> bool:
 
 
 LOOPBACK = "127.0.0.1"
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler():
+    """`ray.init` installs Ray's C++ failure handler for SIGTERM, which aborts the process: put back the
+    command's Python handler (raykd/cli.py: MLflow run KILLED, Ray shut down, exit 143)."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and callable(handler):
+            signal.signal(signal.SIGTERM, handler)
 
 
 @contextlib.contextmanager
