@@ -61,9 +61,14 @@ class Terminated(KeyboardInterrupt):
     raykd/tracking.py; Ray shut down in the commands' `finally`), another exit code."""
 
 
+_sigterm_received = False  # libraries may re-raise a KeyboardInterrupt of their own (Ray Train's fit does)
+
+
 def _raise_terminated(signum, frame) -> None:
     import signal
 
+    global _sigterm_received
+    _sigterm_received = True
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
     raise Terminated()
 
@@ -128,9 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raykd: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        name = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
-        print(f"raykd: stopped by {name}; the same command resumes from the last checkpoint", file=sys.stderr)
-        return 143 if isinstance(e, Terminated) else 130
+        term = isinstance(e, Terminated) or _sigterm_received
+        print(f"raykd: stopped by {'SIGTERM' if term else 'SIGINT'}; the same command resumes from the last "
+              "checkpoint", file=sys.stderr)
+        return 143 if term else 130
     except Exception:  # the whole traceback (a worker's is inside Ray's error), then where Ray's logs are
         import traceback
 
