@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from raykd import console
-from raykd.config import CaptureConfig, ConfigError, DistillConfig, LossConfig, SignalsConfig
+from raykd.config import CaptureConfig, ConfigError, DistillConfig, LossConfig, SignalsConfig, default_cache_dir
 from raykd.console import Progress, duration
 
 say = partial(console.say, scope="raykd.capture")
@@ -90,7 +90,7 @@ def output_directory(cfg: CaptureConfig, fingerprint: str) -> Path:
         return Path(cfg.output_dir).expanduser()
     from raykd.signals.store import cache_directory
 
-    return cache_directory(SignalsConfig(cache_dir=cfg.cache_dir), fingerprint, cfg.top_k)
+    return cache_directory(SignalsConfig(cache_dir=cfg.cache_dir), fingerprint, cfg.top_k, cfg.teacher.signal_variant)
 
 
 def run_capture(cfg: CaptureConfig) -> dict[str, Any]:
@@ -101,6 +101,11 @@ def run_capture(cfg: CaptureConfig) -> dict[str, Any]:
     from raykd.signals.store import SignalStore
     from raykd.teacher.service import launch_teacher
 
+    from raykd.preflight import preflight
+
+    cache = default_cache_dir()
+    preflight({"output_dir": cfg.output_dir, "cache_dir": None if cfg.output_dir else (cfg.cache_dir or cache / "signals"),
+               "RAYKD_CACHE": cache if cfg.teacher.path is None else None})
     prep = capture_prepare(cfg)
     out = output_directory(cfg, prep.fingerprint)
     vocab = len(prep.tokenizer)

@@ -10,7 +10,9 @@
     raykd compress --config jobs/configs/compress.yaml [key=value ...]   # KD vs quantization, pruning, low rank
 
 Config problems end with one line `raykd: error: <field>: <problem>` and exit code 2, before any
-cluster starts or model loads.
+cluster starts or model loads. SIGINT (Ctrl-C) and SIGTERM (a preemption, `ray job stop`) end the MLflow run
+KILLED, shut down the Ray this command started (and its Serve apps) and exit 130 / 143; the same command
+then resumes from the last checkpoint.
 
 The console shows raykd's own lines: stage lines, one progress bar per phase, the final table, and any
 error. Ray's logs stay in its log directory; `--verbose` (any command) shows them live.
@@ -58,8 +60,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt: the same unwinding (MLflow run KILLED,
+    raykd/tracking.py; Ray shut down in the commands' `finally`), another exit code."""
+
+
+_sigterm_received = False  # libraries may re-raise a KeyboardInterrupt of their own (Ray Train's fit does)
+
+
+def _raise_terminated(signum, frame) -> None:
+    import signal
+
+    global _sigterm_received
+    _sigterm_received = True
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
     from raykd.console import is_verbose, set_verbose
 
     set_verbose(args.verbose or is_verbose())  # RAYKD_VERBOSE=1 in the environment works too
@@ -118,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"raykd: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        term = isinstance(e, Terminated) or _sigterm_received
+        print(f"raykd: stopped by {'SIGTERM' if term else 'SIGINT'}; the same command resumes from the last "
+              "checkpoint", file=sys.stderr)
+        return 143 if term else 130
     except Exception:  # the whole traceback (a worker's is inside Ray's error), then where Ray's logs are
         import traceback
 

@@ -1,8 +1,8 @@
 """Connecting to Ray: the cluster named by `RAY_ADDRESS` (as under `ray job submit`), or an embedded one.
 
 An embedded cluster is started with enough *logical* CPUs for the teacher replicas and the Train
-workers even on a 2-core laptop (they then share the cores; torch threads are set per process), and
-with the dashboard bound to 127.0.0.1.
+workers even on a 2-core laptop (they then share the cores; torch threads are set per process), with no
+dashboard, and on node 127.0.0.1: nothing it runs listens beyond this machine (`_loopback_node`).
 
     started = init_ray(logical_cpus_needed)     # True: this process started the cluster and stops it
     shutdown_ray(started)
@@ -15,6 +15,7 @@ tables (raykd/console.py, raykd/train/progress.py) and every error still reach t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -91,23 +92,91 @@ def init_ray(logical_cpus_needed: float) -> bool:
         # Under `ray job submit` Ray merges this with the job's runtime env and refuses a variable both set
         # (e.g. TOKENIZERS_PARALLELISM in --runtime-env-json): the job's value wins.
         env = {"env_vars": {k: v for k, v in env["env_vars"].items() if k not in _job_env_vars()}}
-        ray.init(address=address, runtime_env=env, logging_level=logging.WARNING, log_to_driver=verbose)
+        with _keep_sigterm_handler():
+            ray.init(address=address, runtime_env=env, logging_level=logging.WARNING, log_to_driver=verbose)
         _remember_log_dir()
         return False
     cpus = max(os.cpu_count() or 1, int(logical_cpus_needed + 0.999))
     # One machine, started here: no node of it can be preempted, so Ray Train's preemption watcher (one more
     # actor process per training run) has nothing to watch. Train reads it from this process's environment.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    ray.init(
-        num_cpus=cpus,
-        include_dashboard=False,
-        runtime_env=env,
-        logging_level=logging.WARNING,
-        configure_logging=True,
-        log_to_driver=verbose,
-    )
+    with _loopback_node(), _keep_sigterm_handler():
+        ray.init(
+            num_cpus=cpus,
+            include_dashboard=False,
+            runtime_env=env,
+            logging_level=logging.WARNING,
+            configure_logging=True,
+            log_to_driver=verbose,
+            _node_ip_address=LOOPBACK,
+        )
     _remember_log_dir()
     return True
+
+
+LOOPBACK = "127.0.0.1"
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler():
+    """`ray.init` installs Ray's C++ failure handler for SIGTERM, which aborts the process: put back the
+    command's Python handler (raykd/cli.py: MLflow run KILLED, Ray shut down, exit 143)."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and callable(handler):
+            signal.signal(signal.SIGTERM, handler)
+
+
+@contextlib.contextmanager
+def _loopback_node():
+    """An embedded cluster serves this process only, so its node is 127.0.0.1 and its servers (GCS, raylet,
+    workers, agents) bind there, not on every interface: Ray's own local mode on macOS and Windows
+    (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, else `ray.init` swaps 127.0.0.1 for the machine's address). The
+    processes it starts inherit the variable; this process's Ray constant is set for the start and restored.
+    A cluster others must reach is started with `ray start` and joined through RAY_ADDRESS."""
+    from ray._private import ray_constants
+
+    set_env = {ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR: "0", LOOPBACK_ENV: "1"}
+    saved_env, saved_flag = {k: os.environ.get(k) for k in set_env}, ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(set_env)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+LOOPBACK_ENV = "RAYKD_LOOPBACK"  # set in every process of an embedded cluster (inherited from its start)
+
+
+def serve_replica_on_loopback() -> None:
+    """In a Serve replica of an embedded cluster: Serve binds each replica's inter-deployment gRPC server to
+    "[::]" whatever the node IP (ray/serve/_private/replica.py); bind it to 127.0.0.1 instead. Called from the
+    replica's constructor, before Serve starts that server. Nothing changes on a cluster raykd joined."""
+    if os.environ.get(LOOPBACK_ENV) != "1":
+        return
+    from ray.serve._private import replica
+
+    real = replica.add_port_to_grpc_server
+    if getattr(real, "raykd_loopback", False):
+        return
+
+    def on_loopback(server, address: str):
+        return real(server, address.replace("[::]", LOOPBACK, 1))
+
+    on_loopback.raykd_loopback = True
+    replica.add_port_to_grpc_server = on_loopback
 
 
 def start_ray(cpus: float, attempts: int = 3) -> bool:
@@ -137,6 +206,8 @@ def _job_env_vars() -> dict[str, str]:
 
 
 def shutdown_ray(started: bool) -> None:
+    if not started:  # nothing to stop (and no reason to import Ray on the way out of an early failure)
+        return
     import ray
 
     # An embedded cluster takes its Serve apps with it; a shared cluster keeps the teacher for other jobs.

@@ -4,9 +4,9 @@
     raykd distill --config jobs/configs/gpu_8b_fsdp.yaml --dry-run    # checks + resource plan + memory, no cluster
     ray job submit --working-dir . -- python jobs/distill.py --config jobs/configs/quickstart.yaml
 
-Order matters for the user: everything that can be checked without a cluster or a model load (config,
-data files and records, teacher path, vocabularies, chat template, lengths) is checked first
-(raykd/train/prepare.py); then the MLflow run starts, Ray starts, Ray Data reads, tokenizes and packs the
+Order matters for the user: the directories the run writes, the MLflow store and RAY_ADDRESS are checked
+first (raykd/preflight.py, seconds), then everything that can be checked without a cluster or a model load
+(config, data files and records, teacher path, vocabularies, chat template, lengths: raykd/train/prepare.py); then the MLflow run starts, Ray starts, Ray Data reads, tokenizes and packs the
 data into the object store (raykd/data/ingest.py), the teacher is deployed, the student trains
 (raykd/train/fit.py; and, for comparison, a hard-label-only student with the same budget, seed and data),
 and the evaluation table (raykd/eval/table.py) on the held-out blocks — for chat data on their assistant
@@ -36,8 +36,10 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
     from raykd.tracking import resolve_tracking_uri, tracked_run
     from raykd.data.sources import mb
     from raykd.train.fit import export_student, fit_student, train_in_run
+    from raykd.preflight import distill_write_dirs, preflight
     from raykd.train.rollout_engine import rollout_cpus
 
+    preflight(distill_write_dirs(cfg), cfg.mlflow)  # paths and services first: seconds, before any teacher build
     prep = prepare(cfg)
     size = sum(c.nbytes for c in prep.chunks)
     say(f"teacher {prep.teacher_path}; data {cfg.data.source} ({cfg.data.format}, {mb(size)} in "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,10 @@ _LAYER_RE = re.compile(r"^(.*\.layers\.)(\d+)(\..*)$")
 
 
 def model_fingerprint(path: str) -> str:
-    """Cheap identity of a model directory: config + weight files' names, sizes and first/last MiB."""
+    """Identity of a model directory by content: config.json and each weight file's name and whole-file hash
+    (`file_digest`: hashed once, then remembered by path, size and mtime). Keys the signal cache (with the
+    teacher's backend and dtype, `TeacherConfig.signal_variant`) and the reuse of a running teacher app:
+    two fine-tunes of one base that differ anywhere in their weights get different fingerprints."""
     p = Path(path)
     h = hashlib.sha256()
     if not p.is_dir():  # a hub id: the name is all we know without downloading
@@ -30,27 +34,110 @@ def model_fingerprint(path: str) -> str:
         return h.hexdigest()[:16]
     h.update((p / "config.json").read_bytes())
     for f in sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")):
-        size = f.stat().st_size
-        h.update(f"{f.name}:{size}".encode())
-        with f.open("rb") as fh:
-            h.update(fh.read(1 << 20))
-            if size > 2 << 20:
-                fh.seek(-(1 << 20), 2)
-                h.update(fh.read(1 << 20))
+        h.update(f"{f.name}:{file_digest(f)}".encode())
     return h.hexdigest()[:16]
 
 
-def check_model_dir(path: str, what: str) -> None:
-    """Fail early with one line if a local model directory is missing its config or weights."""
+_digests: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, this process
+
+
+def file_digest(f: Path) -> str:
+    """sha256 of a whole file, remembered by (absolute path, size, mtime) in this process and on disk under
+    <RAYKD_CACHE>/file-digests/, so a 140 GB teacher is read once, not at every run (a rewrite changes the
+    mtime and so the key)."""
+    from raykd.config import default_cache_dir
+    from raykd.files import write_text
+
+    f = Path(f).resolve()
+    st = f.stat()
+    key = (str(f), st.st_size, st.st_mtime_ns)
+    if key in _digests:
+        return _digests[key]
+    memo = default_cache_dir() / "file-digests" / f"{hashlib.sha256(str(f).encode()).hexdigest()[:32]}.json"
+    try:
+        saved = json.loads(memo.read_text())
+        if (saved["path"], saved["size"], saved["mtime_ns"]) == key:
+            _digests[key] = saved["sha256"]
+            return saved["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    with f.open("rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    _digests[key] = digest
+    try:
+        write_text(memo, json.dumps({"path": key[0], "size": key[1], "mtime_ns": key[2], "sha256": digest}))
+    except OSError:  # a read-only cache: hash again next time
+        pass
+    return digest
+
+
+def check_model_dir(path: str, what: str, tokenizer: bool = True) -> None:
+    """Fail early with one line if a local model directory lacks what a run will load: a config.json the installed
+    transformers reads, complete weights (every shard of an index; safetensors headers against file sizes, so a
+    truncated copy is caught here, not in a replica after the cluster started) and, with `tokenizer`, a
+    tokenizer that loads."""
     p = Path(path)
     if not p.exists():
         if path.startswith(("/", ".", "~")) or p.suffix or "/" not in path or path.count("/") > 1:
             raise ConfigError(f"{what}: model path not found: {path}")
         return  # looks like a hub id ("org/name"); it must be in the local HF cache
+    if not p.is_dir():
+        raise ConfigError(f"{what}: {path} is a file, not a model directory")
     if not (p / "config.json").is_file():
         raise ConfigError(f"{what}: {path} has no config.json (not a Hugging Face model directory)")
     if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
         raise ConfigError(f"{what}: {path} has no weights (*.safetensors)")
+    index = p / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{what}: {index}: not a safetensors index ({e})") from None
+        missing = [s for s in shards if not (p / s).is_file()]
+        if missing:
+            raise ConfigError(f"{what}: {path} lacks {len(missing)} weight shard(s) of its index, e.g. {missing[0]}")
+    for f in sorted(p.glob("*.safetensors")):
+        problem = safetensors_problem(f)
+        if problem:
+            raise ConfigError(f"{what}: {f}: {problem}")
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001 - transformers raises ValueError, OSError, KeyError, JSON errors
+        raise ConfigError(f"{what}: {path}/config.json cannot be read by the installed transformers "
+                          f"({_first_line(e)})") from None
+    if tokenizer:
+        from transformers import AutoTokenizer
+
+        try:
+            AutoTokenizer.from_pretrained(path)
+        except Exception as e:  # noqa: BLE001 - as above; a missing vocab file, a sentencepiece model without the package
+            raise ConfigError(f"{what}: {path} has no tokenizer the installed libraries can load "
+                              f"({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
+def safetensors_problem(f: Path) -> str | None:
+    """Why a .safetensors file cannot be whole (truncated, a bad header), read from its header only; None if fine."""
+    size = f.stat().st_size
+    with f.open("rb") as fh:
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 0 or n > size - 8:
+            return f"truncated: {size} bytes, not even its header"
+        try:
+            header = json.loads(fh.read(n))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError):
+            return "not a safetensors file (unreadable header)"
+    if 8 + n + end != size:
+        return f"truncated or damaged: {size} bytes, its header describes {8 + n + end}"
+    return None
 
 
 def select_layers(selection: str | list[int], n_teacher: int, n_student: int) -> list[int]:

@@ -71,3 +71,36 @@ def test_chat_data_errors_name_the_setting_or_the_record(tmp_path, tiny_teacher)
                    '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]}\n')
     proc = _run(tmp_path, f"teacher.path={tiny_teacher}", f"data.source={bad}", "data.task_fraction=0", "data.format=chat")
     _assert_clean_failure(proc, tmp_path, f"{bad}:2: message 1 (assistant) has no 'content' string")
+
+
+
+def test_sigterm_ends_the_mlflow_run_killed_and_exits_143(tmp_path, monkeypatch, capsys):
+    """SIGTERM (a preemption, `ray job stop`) while the run is RUNNING: the same unwinding as Ctrl-C, run KILLED,
+    exit 143 and one line. The command body is replaced by a real MLflow run that receives the signal."""
+    import os
+    import signal
+
+    import raykd.distill
+    from raykd.cli import main
+    from raykd.tracking import tracked_run
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+
+    def stopped_while_running(cfg):
+        with tracked_run(uri, "stop", cfg.run_name):
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise AssertionError("SIGTERM did not interrupt the run")
+
+    monkeypatch.setattr(raykd.distill, "run_distill", stopped_while_running)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        assert main(["distill", "--config", str(QUICKSTART), "run_name=stopped"]) == 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == "raykd: stopped by SIGTERM; the same command resumes from the last checkpoint"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("stop").experiment_id])
+    assert [r.info.status for r in runs] == ["KILLED"]

@@ -1,5 +1,9 @@
-"""Student derivation from a teacher: depth, width, layer selection, weight initialisation."""
+"""Student derivation from a teacher: depth, width, layer selection, weight initialisation; model directory checks
+and fingerprints."""
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -66,3 +70,81 @@ def test_depth_only_student_reproduces_teacher_layers(tiny_teacher):
     assert small.config.num_hidden_layers == 1
     out = small.generate(ids[:1, :4], max_new_tokens=5, do_sample=False, pad_token_id=0)
     assert out.shape == (1, 9)
+
+
+def _copy(model_dir, dest):
+    import shutil
+
+    return Path(shutil.copytree(model_dir, dest))
+
+
+def test_check_model_dir_refuses_what_a_run_could_not_load(tiny_teacher, tmp_path):
+    """Each in one line naming the field and the file, before any cluster (a replica would fail on each)."""
+    import json
+
+    from raykd.models import check_model_dir
+
+    good = _copy(tiny_teacher, tmp_path / "good")
+    check_model_dir(str(good), "teacher.path")
+
+    cut = _copy(tiny_teacher, tmp_path / "cut")
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # a copy that stopped early
+    with pytest.raises(ConfigError, match=r"^teacher.path: .*cut/model.safetensors: truncated or damaged: \d+ bytes"):
+        check_model_dir(str(cut), "teacher.path")
+    weights.write_bytes(b"\x05")
+    with pytest.raises(ConfigError, match=r"model.safetensors: truncated: 1 bytes, not even its header"):
+        check_model_dir(str(cut), "teacher.path")
+
+    no_tok = _copy(tiny_teacher, tmp_path / "no_tok")
+    for f in no_tok.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
+            f.unlink()
+    with pytest.raises(ConfigError, match=r"^student.path: .*no_tok has no tokenizer the installed libraries can load"):
+        check_model_dir(str(no_tok), "student.path")
+    check_model_dir(str(no_tok), "student.path", tokenizer=False)
+
+    odd = _copy(tiny_teacher, tmp_path / "odd")
+    config = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**config, "model_type": "no-such-architecture"}))
+    with pytest.raises(ConfigError, match=r"^teacher.path: .*odd/config.json cannot be read by the installed transformers"):
+        check_model_dir(str(odd), "teacher.path")
+
+    sharded = _copy(tiny_teacher, tmp_path / "sharded")
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-00002-of-00002.safetensors"}}))
+    with pytest.raises(ConfigError, match=r"lacks 1 weight shard\(s\) of its index, e.g. model-00002-of-00002"):
+        check_model_dir(str(sharded), "teacher.path")
+    with pytest.raises(ConfigError, match=r"is a file, not a model directory"):
+        check_model_dir(str(good / "config.json"), "teacher.path")
+
+
+def test_fingerprint_keys_by_whole_content_hashed_once(tmp_path, monkeypatch):
+    """Two fine-tunes of one base differing only in the middle of a weight file get different keys; each file
+    is hashed once and remembered by path, size and mtime (a rewrite is hashed again)."""
+    import os
+
+    import raykd.models as models
+
+    monkeypatch.setenv("RAYKD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(models, "_digests", {})
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, 8 << 20, dtype=np.uint8).tobytes()  # 8 MiB: the old first/last-MiB key saw neither
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, blob in ((a, base), (b, base[: 4 << 20] + bytes([base[4 << 20] ^ 1]) + base[(4 << 20) + 1:])):
+        d.mkdir()
+        (d / "config.json").write_text('{"model_type": "llama"}')
+        (d / "model.safetensors").write_bytes(blob)
+    assert models.model_fingerprint(str(a)) != models.model_fingerprint(str(b))
+    assert models.model_fingerprint(str(a)) == models.model_fingerprint(str(a))
+
+    memos = sorted((tmp_path / "cache" / "file-digests").glob("*.json"))
+    assert len(memos) == 2  # one per weight file, on disk for the next process
+    calls = []
+    real = models.hashlib.file_digest
+    monkeypatch.setattr(models.hashlib, "file_digest", lambda *x: calls.append(1) or real(*x))
+    monkeypatch.setattr(models, "_digests", {})  # a new process: only the on-disk memo
+    before = models.model_fingerprint(str(a))
+    assert calls == []  # not read again
+    (a / "model.safetensors").write_bytes(base[::-1])  # same size, new content, new mtime
+    os.utime(a / "model.safetensors", ns=(1, 10**18))
+    assert models.model_fingerprint(str(a)) != before and calls == [1]

@@ -165,6 +165,11 @@ class TrainConfig(StrictModel):
     log_every: int = Field(10, ge=1, description="Steps between MLflow metric logs.")
     torch_threads: int | None = Field(None, ge=1, description="torch threads per worker; default cpus_per_worker.")
     storage_path: str | None = Field(None, description="Checkpoints root; default <cache>/runs.")
+    max_failures: int = Field(
+        3, ge=-1, description="Times Ray Train restarts the workers from the last checkpoint after a failure (a "
+        "killed worker, a lost node; also an error in the training code, which then fails again), with the same "
+        "data order; -1: without limit, 0: fail at once.",
+    )
 
 
 class TaskEvalConfig(StrictModel):
@@ -208,7 +213,7 @@ class SignalsConfig(StrictModel):
         "and store new ones; a second epoch, a resumed run or another trial then skips the teacher."
     )
     cache_dir: str | None = Field(
-        None, description="Cache root; default <RAYKD_CACHE>/signals. Shards go to <root>/<fingerprint>/k<top_k>/."
+        None, description="Cache root; default <RAYKD_CACHE>/signals. Shards go to <root>/<fingerprint>/<backend>-<dtype>/k<top_k>/."
     )
     offline_path: str | None = Field(
         None, description="Directory of Parquet shards from `raykd capture`: training reads them and never "

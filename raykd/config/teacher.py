@@ -163,6 +163,12 @@ class TeacherConfig(StrictModel):
         None, description="null: a fixed num_replicas; set: Serve scales replicas with the request load."
     )
 
+    @property
+    def signal_variant(self) -> str:
+        """What besides the weights changes the teacher's log-probs: its backend and compute dtype (keys the
+        signal cache with the weights' fingerprint, raykd/signals/store.py `cache_directory`)."""
+        return f"{self.backend}-{self.vllm.dtype if self.backend == 'vllm' else self.dtype}"
+
     @model_validator(mode="after")
     def _vllm_gpus(self) -> "TeacherConfig":
         tp = self.vllm.tensor_parallel_size

@@ -24,5 +24,6 @@ same budget on held-out masked-LM loss and top-1 agreement with the teacher.
 
 Owns: the masking and blocks (masking.py), the tiny BERT teacher and the derived student (models.py), the
 training loop and evaluation (train.py), the job (run.py). May import: raykd.loss, raykd.config, raykd.data,
-raykd.models, raykd.teacher (the deployment), raykd.tracking, raykd.cluster, raykd.files, raykd.console.
+raykd.models, raykd.teacher (the deployment), raykd.tracking, raykd.cluster, raykd.files, raykd.console,
+raykd.preflight.
 """

@@ -32,6 +32,11 @@ def run_mlm_distill(cfg: MLMDistillConfig) -> dict[str, Any]:
     from raykd.teacher.service import launch_teacher
     from raykd.tracking import MetricLogger, resolve_tracking_uri, tracked_run
 
+    from raykd.config import default_cache_dir
+    from raykd.preflight import preflight
+
+    preflight({"output_dir": cfg.output_dir, "RAYKD_CACHE": default_cache_dir() if cfg.teacher.path is None else None},
+              cfg.mlflow)
     texts = load_texts(cfg.data)
     if cfg.teacher.path is not None:
         check_model_dir(cfg.teacher.path, "teacher.path")

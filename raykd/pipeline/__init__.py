@@ -9,5 +9,6 @@ the MLflow side: resume state, plots, the registered final student (tracking.py)
 raykd/config/pipeline.py.
 
 May import: raykd.train (each stage is a `raykd distill` run), raykd.eval, raykd.teacher, raykd.data,
-raykd.config, raykd.models, raykd.tracking, raykd.plots, raykd.cluster, raykd.files, raykd.console.
+raykd.config, raykd.models, raykd.tracking, raykd.plots, raykd.cluster, raykd.files, raykd.console,
+raykd.preflight.
 """

@@ -273,6 +273,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     from raykd.pipeline.tracking import completed_stages, forget_stages_from, log_and_register_student, log_pipeline_plots
     from raykd.tracking import resolve_tracking_uri, tracked_run
 
+    from raykd.config import default_cache_dir
+    from raykd.preflight import preflight
+
+    preflight({"output_dir": cfg.output_dir, "RAYKD_CACHE": default_cache_dir(),
+               "defaults.train.storage_path": (cfg.defaults.get("train") or {}).get("storage_path")}, cfg.mlflow)
     say(f"planning {len(cfg.stages)} stage(s): " + " → ".join(s.name for s in cfg.stages))
     plan = plan_pipeline(cfg)
     uri = resolve_tracking_uri(cfg.mlflow)

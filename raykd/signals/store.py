@@ -1,6 +1,6 @@
 """Teacher signals that are never computed twice: Parquet shard stores (the signal cache, offline captures).
 
-    store = SignalStore(cache_directory(cfg.signals, fp, 20), fingerprint=fp, top_k=20)
+    store = SignalStore(cache_directory(cfg.signals, fp, 20, "hf-float32"), fingerprint=fp, top_k=20)
     found, where = store.get([sequence_hash(s) for s in batch])     # TeacherSignals of those found, positions
     store.put(packed_table)                                           # one new shard, atomically
 
@@ -49,9 +49,11 @@ class SignalStoreError(ConfigError):
     """Offline signals that cannot be used (missing, corrupt, another teacher): one line naming the file."""
 
 
-def cache_directory(cfg: SignalsConfig, fingerprint: str, top_k: int) -> Path:
+def cache_directory(cfg: SignalsConfig, fingerprint: str, top_k: int, variant: str) -> Path:
+    """`<root>/<weights fingerprint>/<backend>-<dtype>/k<top_k>`: `variant` is TeacherConfig.signal_variant (a
+    bfloat16 vLLM teacher's log-probs are not a float32 transformers teacher's)."""
     root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir() / "signals"
-    return root / fingerprint / f"k{top_k}"
+    return root / fingerprint / variant / f"k{top_k}"
 
 
 def write_shard(directory: Path, table: pa.Table | pa.RecordBatch, name: str | None = None) -> Path:

@@ -9,5 +9,5 @@ space (space.py), the console progress callback (progress.py) and what a sweep l
 best config, tables, PBT schedules). The config is raykd/config/sweep.py.
 
 May import: raykd.train, raykd.config, raykd.teacher, raykd.tracking, raykd.plots, raykd.cluster, raykd.files,
-raykd.console; Ray Tune.
+raykd.console, raykd.preflight; Ray Tune.
 """

@@ -84,6 +84,10 @@ def run_sweep(sweep: SweepConfig, base: DistillConfig, resume: bool = False) -> 
     if not resume and exp_dir.exists():
         raise ConfigError(f"sweep '{sweep.name}' already exists at {exp_dir}: pass --resume to continue it, "
                           "or choose another name")
+    from raykd.preflight import distill_write_dirs, preflight
+
+    preflight({**distill_write_dirs(base), "storage_path": exp_dir.parent,
+               "export_path": Path(sweep.export_path).parent if sweep.export_path else None}, base.mlflow)
     prep = prepare(base)
     check_space_against_models(sweep, base, prep.teacher_path)
     say(f"sweep {sweep.name}: {total_trials(sweep)} trial(s), search {sweep.search}, scheduler {sweep.scheduler}, "

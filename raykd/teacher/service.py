@@ -43,6 +43,7 @@ class TeacherInfo:
     scored_requests: int = 0  # score requests that replica has answered so far (shows how load spreads)
     scoring: str = ""  # how that replica scores: "engine-topk", "prompt_logprobs" (vLLM) or "transformers"
     scoring_note: str = ""  # engine-topk: the kernel in use; prompt_logprobs: why the fast path is not used
+    variant: str = ""  # backend and dtype (TeacherConfig.signal_variant): with the fingerprint, keys the signal cache
 
 
 def make_backend(cfg: TeacherConfig, model_path: str) -> TeacherBackend:
@@ -63,10 +64,14 @@ class Teacher:
     """Serve deployment body. One backend per replica; requests run one at a time on it."""
 
     def __init__(self, model_path: str, teacher_cfg: dict[str, Any], fingerprint: str):
+        from raykd.cluster import serve_replica_on_loopback
+
+        serve_replica_on_loopback()  # an embedded cluster: nothing of this replica listens beyond the machine
         cfg = TeacherConfig.model_validate(teacher_cfg)
         self.backend: TeacherBackend = make_backend(cfg, model_path)
         b = self.backend
-        self.info_ = TeacherInfo(model_path, fingerprint, cfg.backend, b.vocab_size, b.max_model_len, b.max_top_k)
+        self.info_ = TeacherInfo(model_path, fingerprint, cfg.backend, b.vocab_size, b.max_model_len, b.max_top_k,
+                                 variant=cfg.signal_variant)
         self._scored = 0
         try:
             from ray import serve
@@ -150,13 +155,13 @@ def teacher_handle(app_name: str):
 
 
 def launch_teacher(cfg: TeacherConfig, model_path: str, fingerprint: str) -> Any:
-    """Deploy the teacher app (or reuse a running one with the same weights and backend); return its handle."""
+    """Deploy the teacher app (or reuse a running one with the same weights, backend and dtype); return its handle."""
     from ray import serve
 
     try:
         handle = teacher_handle(cfg.app_name)
         info = handle.info.remote().result(timeout_s=30)
-        if info.fingerprint == fingerprint and info.backend == cfg.backend:
+        if info.fingerprint == fingerprint and info.variant == cfg.signal_variant:  # same weights, backend, dtype
             log.info("reusing running teacher app %s (%s)", cfg.app_name, info.model_path)
             return handle
         log.info("teacher app %s serves other weights; redeploying", cfg.app_name)

@@ -21,7 +21,7 @@ Resume: a run restarted from a checkpoint at step s needs the rows from s on. Th
 from `resume_step_hint` (the oldest checkpoint step present, so never later than the one Ray Train restores);
 the worker skips the rows of the steps between that and its checkpoint's step.
 
-`RAYKD_BATCH_TRACE=<dir>`: every worker appends `{"step", "rank", "index": [blocks]}` lines to
+`RAYKD_BATCH_TRACE=<dir>` (in the driver's environment; it travels in the loop config): every worker appends `{"step", "rank", "index": [blocks]}` lines to
 `<dir>/rank<r>.jsonl` (tests check that a killed and resumed run trains on every sample).
 """
 
@@ -112,10 +112,11 @@ def _read_window(iterator) -> dict[str, np.ndarray]:
 
 
 def step_batches(windows: list[tuple[int, int]], batch: int, start_step: int, shard=None,
-                 rank: int = 0) -> Iterator[StepBatch]:
+                 rank: int = 0, trace_dir: str | None = None) -> Iterator[StepBatch]:
     """This worker's batches for steps start_step.. to the end of the last window.
 
-    `shard(name)` returns the DataIterator of a window (default `ray.train.get_dataset_shard`)."""
+    `shard(name)` returns the DataIterator of a window (default `ray.train.get_dataset_shard`); `trace_dir`
+    (default $RAYKD_BATCH_TRACE) receives each step's block numbers."""
     if shard is None:
         import ray.train
 
@@ -124,7 +125,7 @@ def step_batches(windows: list[tuple[int, int]], batch: int, start_step: int, sh
     if todo and start_step < todo[0][1]:
         raise RuntimeError(f"resuming at step {start_step}, but the data was planned from step {todo[0][1]}")
     iterators = {w: shard(window_name(w)) for w, _, _ in todo}  # in this thread: Train's context lives here
-    trace = _tracer(rank)
+    trace = _tracer(rank, trace_dir)
     with ThreadPoolExecutor(1, thread_name_prefix="raykd-window") as pool:
         pending = pool.submit(_read_window, iterators[todo[0][0]]) if todo else None
         for i, (w, s0, s1) in enumerate(todo):
@@ -141,8 +142,8 @@ def step_batches(windows: list[tuple[int, int]], batch: int, start_step: int, sh
             del rows
 
 
-def _tracer(rank: int):
-    directory = os.environ.get(TRACE_ENV)
+def _tracer(rank: int, directory: str | None = None):
+    directory = directory or os.environ.get(TRACE_ENV)
     if not directory:
         return lambda step, index: None
     path = Path(directory) / f"rank{rank}.jsonl"

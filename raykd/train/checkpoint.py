@@ -8,7 +8,9 @@
 `placed` is raykd/train/parallel.py's PlacedStudent. Every directory holds `config.json` (the student's HF
 config), `objective.pt` when the loss has learnable parts (raykd/loss/objective.py: projections,
 discriminator, temperature histogram) and `state.json` (step, global batch, strategy: the data position is
-the step times the global batch, so a resume must keep the global batch). Then, by `train.strategy`:
+the step times the global batch, so a resume must keep the global batch); `StudentTrainer.save` adds, last,
+the sizes and sha256 of each writing rank's files (raykd/train/integrity.py: a damaged checkpoint is found on
+resume and the previous one used). Then, by `train.strategy`:
 
   ddp   rank 0 writes the model as HF safetensors (`model.safetensors`, or shards + index past
         `train.export_shard_size`: a loadable student) and `optimizer.pt` (optimizer + LR schedule, loaded

@@ -12,6 +12,7 @@ storage path resumes from the last one (Ray Train restores by run name).
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +35,10 @@ def make_trainer(cfg: DistillConfig, name: str, storage_path: str, loop: LoopCon
     reading its batches of `data` (a BlockData) through `ray.train.get_dataset_shard` (raykd/train/batches.py)."""
     import dataclasses
 
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from raykd.train.batches import plan_windows, resume_step_hint, train_datasets
+    from raykd.train.batches import TRACE_ENV, plan_windows, resume_step_hint, train_datasets
     from raykd.train.loop import train_loop_per_worker
 
     tc = cfg.train
@@ -45,15 +46,19 @@ def make_trainer(cfg: DistillConfig, name: str, storage_path: str, loop: LoopCon
     step_blocks = tc.batch_size * tc.grad_accum_steps  # one worker's blocks per optimizer step
     windows = plan_windows(data.n_train, data.seq_len, step_blocks, tc.num_workers, first, tc.max_steps)
     datasets, dataset_config = train_datasets(data, cfg, windows)
-    loop = dataclasses.replace(loop, data_windows=tuple(windows))
+    # The driver's RAYKD_BATCH_TRACE reaches the workers with the loop config, also on a cluster joined in-process.
+    loop = dataclasses.replace(loop, data_windows=tuple(windows), batch_trace=os.environ.get(TRACE_ENV))
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop.to_train_loop_config(),
         scaling_config=ScalingConfig(
             num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker={"CPU": tc.cpus_per_worker}
         ),
+        # A lost worker restarts the group from the last checkpoint (train.max_failures); the loop resumes there
+        # with the same data order (raykd/train/batches.py), so no sample is lost or doubled.
         run_config=RunConfig(name=name, storage_path=storage_path, callbacks=callbacks or [],
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             failure_config=FailureConfig(max_failures=tc.max_failures)),
         datasets=datasets or None,
         dataset_config=dataset_config,
     )
@@ -76,12 +81,14 @@ def fit_student(cfg: DistillConfig, name: str, loop: LoopConfig, data, label: st
 
 
 def export_student(checkpoint_dir: Path, tokenizer, out_dir: Path) -> Path:
-    """Copy the final checkpoint into a loadable HF directory (weights + config + tokenizer), atomically.
+    """Copy the final checkpoint into a loadable HF directory (weights + config + tokenizer + checksums.rank0.json),
+    atomically (a temporary directory beside `out_dir`, renamed).
 
     The final checkpoint holds HF safetensors whatever train.strategy (raykd/train/checkpoint.py: FSDP gathers
     them onto rank 0 at the last step): `model.safetensors`, or shards with `model.safetensors.index.json`.
     """
     from raykd.train.checkpoint import WEIGHTS_INDEX
+    from raykd.train.integrity import write_checksums
 
     weights = sorted(checkpoint_dir.glob("model*.safetensors"))
     if not weights:
@@ -91,6 +98,7 @@ def export_student(checkpoint_dir: Path, tokenizer, out_dir: Path) -> Path:
             if (checkpoint_dir / f).exists():
                 shutil.copy2(checkpoint_dir / f, tmp / f)
         tokenizer.save_pretrained(tmp)
+        write_checksums(tmp)  # sizes and sha256 of the student's files (raykd/train/integrity.py)
     return out_dir
 
 

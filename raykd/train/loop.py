@@ -57,6 +57,7 @@ def train_loop_per_worker(config: dict) -> None:
     from raykd.teacher.service import teacher_handle
     from raykd.tracking import MetricLogger
     from raykd.train.batches import step_batches
+    from raykd.train.integrity import whole_checkpoint
     from raykd.train.prefetch import SignalPrefetcher
     from raykd.train.signal_source import signal_source
     from raykd.train.student import MicroBatch, StudentTrainer
@@ -86,7 +87,8 @@ def train_loop_per_worker(config: dict) -> None:
         checkpoint = ray.train.Checkpoint(loop.init_checkpoint)
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            start_step = trainer.load(Path(d))
+            # A damaged latest checkpoint (checksums differ) is said in one line and the previous one used.
+            start_step = trainer.load(whole_checkpoint(Path(d), lambda msg: rank == 0 and _tell(loop, msg)))
         if rank == 0:
             _tell(loop, f"resuming from step {start_step} ({checkpoint.path})")
 
@@ -100,7 +102,8 @@ def train_loop_per_worker(config: dict) -> None:
     accum = tc.grad_accum_steps
     # This worker's blocks, step by step (ids, loss mask, sample weights), from its Ray Data shard: each step's
     # batch_size * grad_accum_steps blocks, split into micro-batches below (the same global batch for any split).
-    batches = step_batches(list(loop.data_windows), tc.batch_size * accum, start_step, rank=rank)
+    batches = step_batches(list(loop.data_windows), tc.batch_size * accum, start_step, rank=rank,
+                           trace_dir=loop.batch_trace)
     # Data batches are scored when their loss uses the teacher (on-policy with alpha 0: hard labels off-policy).
     data_submit = submit and off_policy_needs_teacher(cfg) and (lambda b: submit(b.ids)) or None
     rollouts = None

@@ -166,7 +166,7 @@ def signal_source(cfg: Any, handle: Any, extras: dict | None = None) -> SignalSo
         offline = SignalStore(sc.offline_path, fingerprint=info.fingerprint, top_k=top_k, vocab_size=info.vocab_size,
                               strict=True, exact_k=False, field="signals.offline_path")
     if sc.cache and not extras:
-        cache = SignalStore(cache_directory(sc, info.fingerprint, top_k), fingerprint=info.fingerprint, top_k=top_k,
+        cache = SignalStore(cache_directory(sc, info.fingerprint, top_k, info.variant), fingerprint=info.fingerprint, top_k=top_k,
                             vocab_size=info.vocab_size)
     score = None if offline is not None else (lambda seqs, k: handle.score_packed.remote(seqs, k, extras))
     return SignalSource(score, top_k=top_k, fingerprint=info.fingerprint, cache=cache, offline=offline)

@@ -128,9 +128,13 @@ class StudentTrainer:
     def save(self, directory: Path, step: int, export: bool = False) -> None:
         """Every rank: a checkpoint of this step (and, with `export`, the student as an HF directory)."""
         from raykd.train.checkpoint import save_checkpoint
+        from raykd.train.integrity import write_checksums
 
         save_checkpoint(Path(directory), self.placed, self.optimizer, self.scheduler, step, self.objective,
                         global_batch=self.global_batch, export=export, shard_size=self.tc.export_shard_size)
+        placed = self.placed
+        if placed.rank == 0 or placed.fsdp:  # last: what this rank wrote, so a resume can tell a damaged copy
+            write_checksums(Path(directory), placed.rank, writers=placed.world if placed.fsdp else 1)
 
     def load(self, directory: Path) -> int:
         """Every rank: restore model, optimizer, LR schedule and learnable loss parts; returns the step."""

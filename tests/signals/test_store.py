@@ -18,8 +18,9 @@ from tests.signals.fakes import FP, K, CountingTeacher, assert_same, batches, pa
 
 def test_cache_directory_layout(tmp_path, monkeypatch):
     monkeypatch.setenv("RAYKD_CACHE", str(tmp_path))
-    assert cache_directory(SignalsConfig(), FP, 20) == tmp_path / "signals" / FP / "k20"
-    assert cache_directory(SignalsConfig(cache_dir=str(tmp_path / "x")), FP, 5) == tmp_path / "x" / FP / "k5"
+    assert cache_directory(SignalsConfig(), FP, 20, "hf-float32") == tmp_path / "signals" / FP / "hf-float32" / "k20"
+    assert cache_directory(SignalsConfig(cache_dir=str(tmp_path / "x")), FP, 5, "vllm-bfloat16") == \
+        tmp_path / "x" / FP / "vllm-bfloat16" / "k5"
 
 
 def test_put_get_counts_and_persists(tmp_path):
