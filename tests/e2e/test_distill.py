@@ -123,7 +123,8 @@ def test_an_error_inside_a_worker_reaches_the_console(tmp_path, tiny_teacher, te
     script.write_text(FAILING_DISTILL)
     proc = subprocess.run(
         [sys.executable, str(script), "--config", str(QUICKSTART), "run_name=fails", f"teacher.path={tiny_teacher}",
-         *TINY_DISTILL, "train.max_steps=4", "eval.baseline=false", "mlflow.experiment=e2e"],
+         *TINY_DISTILL, "train.max_steps=4", "eval.baseline=false", "mlflow.experiment=e2e",
+         "train.max_failures=0"],  # the error is in the code, not a lost worker: no restarts to wait through
         cwd=tmp_path, env=cluster_env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 1

@@ -26,7 +26,7 @@ from .conftest import QUICKSTART, TINY_DISTILL
 
 pytestmark = pytest.mark.slow
 
-STEPS, EVERY = 80, 10
+STEPS, EVERY = 40, 10
 
 
 def _read(path: Path) -> str:
