@@ -162,7 +162,7 @@ def test_gsm8k_as_chat_trains_on_the_answers_and_the_teacher_scores_the_rendered
             assert prompt.startswith("<user>\n") and prompt.endswith("<assistant>\n")
             assert prompt[len("<user>\n"): -len("\n<assistant>\n")] in questions  # no question token trained
 
-    shards = sorted(cache.glob(f"*/k20/*{SHARD_SUFFIX}"))
+    shards = sorted(cache.glob(f"*/*/k20/*{SHARD_SUFFIX}"))  # <fingerprint>/<backend>-<dtype>/k<top_k>
     assert shards, list(cache.rglob("*"))
     scored = {h for f in shards for h in pq.read_table(f, columns=["seq_hash"]).column("seq_hash").to_pylist()}
     assert scored == {sequence_hash(ref["ids"][b]) for b in trained}
