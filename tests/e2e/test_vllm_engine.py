@@ -16,8 +16,6 @@ Agreement tolerances come from the dtypes:
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import json
 
 import numpy as np
@@ -26,28 +24,13 @@ import pytest
 from raykd.config import ConfigError, TeacherConfig, VllmConfig
 from raykd.teacher.vllm_backend import compare_signals
 
-from .vllm_agreement import check_mixed_requests, check_topk_paths_agree, heldout_with_ragged
+from .vllm_agreement import (  # noqa: F401 - loop: a fixture
+    check_mixed_requests, check_topk_paths_agree, heldout_with_ragged, loop)
 
 pytestmark = pytest.mark.slow
 
 # A small step budget: a sequence longer than 256 tokens is prefilled in chunks over several engine steps.
 ENGINE = dict(kv_cache_memory_bytes=64 << 20, max_logprobs=64, max_num_batched_tokens=256)
-
-
-@pytest.fixture(scope="module")
-def loop():
-    # AsyncLLM binds its output handler to the loop of the first request: one loop for the whole module.
-    loop = asyncio.new_event_loop()
-    yield loop
-    # An engine's shutdown() only schedules the cancellation of its output handler: let it run here. A task
-    # left pending keeps its zmq socket open, and the zmq context's finalizer then blocks for good in
-    # whichever later test the garbage collector happens to run in.
-    pending = asyncio.all_tasks(loop)
-    for task in pending:
-        task.cancel()
-    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-    gc.collect()
-    loop.close()
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,6 @@ serves the dense teacher on vLLM replicas.
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import json
 
 import numpy as np
@@ -19,7 +17,7 @@ import pytest
 
 from raykd.config import TinyMoeConfig, TinyTeacherConfig, VllmConfig
 
-from .vllm_agreement import check_topk_paths_agree, heldout_with_ragged
+from .vllm_agreement import check_topk_paths_agree, heldout_with_ragged, loop  # noqa: F401 - loop: a fixture
 
 pytestmark = pytest.mark.slow
 
@@ -34,18 +32,6 @@ def moe_teacher(tmp_path_factory):
         moe=TinyMoeConfig(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=64),
     )
     return build_tiny_teacher(cfg, tmp_path_factory.mktemp("moe") / "tiny-moe", progress=False, num_threads=1)
-
-
-@pytest.fixture(scope="module")
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    pending = asyncio.all_tasks(loop)  # see tests/e2e/test_vllm_engine.py: drain the engine's output handler
-    for task in pending:
-        task.cancel()
-    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-    gc.collect()
-    loop.close()
 
 
 @pytest.fixture(scope="module")

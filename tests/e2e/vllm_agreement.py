@@ -14,13 +14,31 @@ top-k are computed: vLLM's float32 log_softmax + torch.topk vs raykd's fused ker
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 
 import numpy as np
+import pytest
 
 from raykd.teacher.vllm_backend import compare_signals
 
 KS = (1, 20, 64)
+
+
+@pytest.fixture(scope="module")
+def loop():
+    """One event loop per module: AsyncLLM binds its output handler to the loop of its first request."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    # An engine's shutdown() only schedules the cancellation of its output handler: let it run here. A task
+    # left pending keeps its zmq socket open, and the zmq context's finalizer then blocks for good in
+    # whichever later test the garbage collector happens to run in.
+    pending = asyncio.all_tasks(loop)
+    for task in pending:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    gc.collect()
+    loop.close()
 
 
 def heldout_with_ragged(path, n: int = 12, length: int = 64) -> list[np.ndarray]:
