@@ -18,8 +18,8 @@ background thread meanwhile, so at most two windows are in a worker's memory. Th
 raykd/data/order.py's: the same blocks at the same steps as the in-process reference.
 
 Resume: a run restarted from a checkpoint at step s needs the rows from s on. The driver plans the windows
-from `resume_step_hint` (the oldest checkpoint step present, so never later than the one Ray Train restores);
-the worker skips the rows of the steps between that and its checkpoint's step.
+from `resume_point` (the oldest checkpoint step present, so never later than the one the workers load; a
+whole checkpoint Ray Train's snapshot does not list is loaded as `init_checkpoint`); the worker skips the rows of the steps between that and its checkpoint's step.
 
 `RAYKD_BATCH_TRACE=<dir>` (in the driver's environment; it travels in the loop config): every worker appends `{"step", "rank", "index": [blocks]}` lines to
 `<dir>/rank<r>.jsonl` (tests check that a killed and resumed run trains on every sample).
@@ -65,15 +65,34 @@ def plan_windows(n_train: int, seq_len: int, batch: int, world: int, first_step:
     return [(s, min(s + steps, max_steps)) for s in range(first_step, max_steps, steps)]
 
 
-def resume_step_hint(storage_path: str | Path, name: str, init_checkpoint: str | None = None) -> int:
-    """The step a run named `name` will start from at most: the oldest checkpoint it has (or init_checkpoint's)."""
+def resume_point(storage_path: str | Path, name: str, init_checkpoint: str | None = None) -> tuple[int, str | None]:
+    """Where a run named `name` resumes: (the step to plan its data from, a checkpoint for the loop to load
+    when Ray Train restores none (`LoopConfig.init_checkpoint`), or None).
+
+    The step is the oldest checkpoint present (or init_checkpoint's), never later than the one the workers
+    load. Ray Train restores the latest checkpoint its snapshot (`checkpoint_manager_snapshot.json`) lists; a
+    driver killed after a checkpoint was written but before the controller recorded it (or before the first
+    snapshot) leaves whole checkpoints Ray does not know of: the newest whole one is then handed to the loop, so no finished step is trained again and the data plan holds."""
     from raykd.train.checkpoint import checkpoint_step
+    from raykd.train.integrity import CHECKSUMS, checksum_problem
 
     if init_checkpoint:
-        return checkpoint_step(init_checkpoint) or 0
-    steps = [checkpoint_step(d) for d in Path(storage_path, name).glob("checkpoint_*")]
-    steps = [s for s in steps if s is not None]
-    return min(steps) if steps else 0
+        return checkpoint_step(init_checkpoint) or 0, None
+    run = Path(storage_path, name)
+    present = {d: checkpoint_step(d) for d in run.glob("checkpoint_*") if d.is_dir()}
+    present = {d: s for d, s in present.items() if s is not None}
+    if not present:
+        return 0, None
+    first = min(present.values())
+    try:
+        snapshot = (run / "checkpoint_manager_snapshot.json").read_text()
+    except OSError:
+        snapshot = ""
+    if any(d.name in snapshot for d in present):
+        return first, None  # Ray Train restores its latest recorded checkpoint, at or after `first`
+    whole = [(s, d) for d, s in present.items()
+             if any(d.glob(CHECKSUMS.format(rank="*"))) and checksum_problem(d) is None]
+    return first, (str(max(whole)[1]) if whole else None)
 
 
 class StepOrderData(_TrainDataConfig):

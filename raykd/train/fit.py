@@ -38,11 +38,14 @@ def make_trainer(cfg: DistillConfig, name: str, storage_path: str, loop: LoopCon
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from raykd.train.batches import TRACE_ENV, plan_windows, resume_step_hint, train_datasets
+    from raykd.train.batches import TRACE_ENV, plan_windows, resume_point, train_datasets
     from raykd.train.loop import train_loop_per_worker
 
     tc = cfg.train
-    first = min(resume_step_hint(storage_path, name, loop.init_checkpoint), tc.max_steps)
+    first, resume_from = resume_point(storage_path, name, loop.init_checkpoint)
+    first = min(first, tc.max_steps)
+    if resume_from:  # a whole checkpoint Ray Train's snapshot missed: the loop loads it when Train has none
+        loop = dataclasses.replace(loop, init_checkpoint=resume_from)
     step_blocks = tc.batch_size * tc.grad_accum_steps  # one worker's blocks per optimizer step
     windows = plan_windows(data.n_train, data.seq_len, step_blocks, tc.num_workers, first, tc.max_steps)
     datasets, dataset_config = train_datasets(data, cfg, windows)

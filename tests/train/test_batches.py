@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from raykd.data.order import batch_indices, owner, stream_positions
-from raykd.train.batches import TRACE_ENV, plan_windows, resume_step_hint, step_batches, window_name
+from raykd.train.batches import TRACE_ENV, plan_windows, resume_point, step_batches, window_name
 
 N, L, B, WORLD, SEED = 13, 6, 3, 2, 7
 IDS = np.arange(N * L, dtype=np.int32).reshape(N, L)
@@ -68,11 +68,27 @@ def test_trace_lists_every_step(tmp_path, monkeypatch):
     assert [x["step"] for x in lines] == [0, 1, 2] and all(len(x["index"]) == B for x in lines)
 
 
-def test_resume_hint_is_the_oldest_checkpoint(tmp_path):
-    assert resume_step_hint(tmp_path, "run") == 0
+def test_resume_point_plans_from_the_oldest_checkpoint(tmp_path):
+    from raykd.train.integrity import write_checksums
+
+    assert resume_point(tmp_path, "run") == (0, None)
+    dirs = {}
     for name, step in (("checkpoint_2026-01-01_00-00-01", 40), ("checkpoint_2026-01-01_00-00-00", 20)):
-        (tmp_path / "run" / name).mkdir(parents=True)
-        (tmp_path / "run" / name / "state.json").write_text(json.dumps({"step": step}))
+        dirs[step] = tmp_path / "run" / name
+        dirs[step].mkdir(parents=True)
+        (dirs[step] / "state.json").write_text(json.dumps({"step": step}))
     (tmp_path / "run" / "checkpoint_tmp").mkdir()  # half written: no state
-    assert resume_step_hint(tmp_path, "run") == 20
-    assert resume_step_hint(tmp_path, "run", str(tmp_path / "run" / "checkpoint_2026-01-01_00-00-01")) == 40
+    # No checksums: nothing proves these whole, so Ray Train alone decides (it restores none without a snapshot).
+    assert resume_point(tmp_path, "run") == (20, None)
+    assert resume_point(tmp_path, "run", str(dirs[40])) == (40, None)
+    # Whole checkpoints Ray Train's snapshot does not list (a driver killed before the controller recorded
+    # them): the newest whole one is loaded by the loop.
+    write_checksums(dirs[20])
+    write_checksums(dirs[40])
+    (dirs[40] / "state.json").write_text(json.dumps({"step": 40, "x": 1}))  # damaged after its checksums
+    assert resume_point(tmp_path, "run") == (20, str(dirs[20]))
+    write_checksums(dirs[40])
+    assert resume_point(tmp_path, "run") == (20, str(dirs[40]))
+    # Listed in the snapshot: Ray Train restores its latest, at or after step 20.
+    (tmp_path / "run" / "checkpoint_manager_snapshot.json").write_text(json.dumps({"latest": dirs[20].name}))
+    assert resume_point(tmp_path, "run") == (20, None)
