@@ -41,6 +41,22 @@ def other_vocab_teacher(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def uncased_teacher(tmp_path_factory, tiny_teacher) -> Path:
+    """The tiny teacher with a lower-casing tokenizer: a student's "A" can never be aligned with it."""
+    import shutil
+
+    from tokenizers import normalizers
+    from transformers import AutoTokenizer
+
+    out = tmp_path_factory.mktemp("teacher") / "uncased"
+    shutil.copytree(tiny_teacher, out)
+    tok = AutoTokenizer.from_pretrained(out)
+    tok.backend_tokenizer.normalizer = normalizers.Lowercase()
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def bert_teacher(tmp_path_factory):
     """A tiny BERT teacher (WordPiece + BertForMaskedLM, seconds to build) for the masked-LM tests."""
     from raykd.config.mlm import MLMTeacherBuild

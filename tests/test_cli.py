@@ -58,6 +58,18 @@ def test_teacher_student_vocab_mismatch(tmp_path, tiny_teacher, other_vocab_teac
     _assert_clean_failure(proc, tmp_path, "student.path: vocab_size 320 differs from the teacher's 384")
 
 
+def test_cross_tokenizer_needs_alignable_student_tokens(tmp_path, tiny_teacher, uncased_teacher, other_vocab_teacher):
+    """With loss.cross_tokenizer a student of another vocabulary passes the vocabulary check; one whose tokens
+    the teacher cannot write (an uncased teacher, a cased student) fails with one line before any cluster."""
+    xtok = "loss.cross_tokenizer={}"
+    proc = _run(tmp_path, f"teacher.path={uncased_teacher}", f"student.path={other_vocab_teacher}", xtok)
+    _assert_clean_failure(proc, tmp_path, "student.path: token ")
+    assert "cannot be written by the teacher's tokenizer" in proc.stderr
+    proc = _run(tmp_path, f"teacher.path={tiny_teacher}", f"student.path={other_vocab_teacher}", xtok,
+                "loss.tail=renormalize")
+    _assert_clean_failure(proc, tmp_path, "cross_tokenizer cannot be combined with loss.tail 'renormalize'")
+
+
 def test_chat_data_errors_name_the_setting_or_the_record(tmp_path, tiny_teacher):
     """Chat data on a tokenizer without a chat template: one line naming data.chat_template; a malformed record:
     one line naming its file, line and problem (before any teacher or cluster work)."""

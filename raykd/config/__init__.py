@@ -36,6 +36,7 @@ from raykd.config.distill import (
 from raykd.config.loss import (
     AdversarialConfig,
     AttentionMatchConfig,
+    CrossTokenizerConfig,
     DynamicTemperatureConfig,
     HiddenMatchConfig,
     LossConfig,
@@ -52,7 +53,7 @@ from raykd.config.teacher import (
 )
 
 __all__ = [
-    "AdversarialConfig", "AttentionMatchConfig", "CaptureConfig", "ConfigError", "DataConfig", "DistillConfig",
+    "AdversarialConfig", "AttentionMatchConfig", "CaptureConfig", "ConfigError", "CrossTokenizerConfig", "DataConfig", "DistillConfig",
     "DynamicTemperatureConfig", "EvalConfig", "HiddenMatchConfig", "LossConfig", "MlflowConfig", "OnPolicyConfig", "ScheduleConfig",
     "SeqKDConfig", "SignalsConfig", "StrictModel", "StudentConfig", "TeacherAutoscalingConfig", "TeacherConfig",
     "TinyMoeConfig", "TinyTeacherConfig", "TrainConfig", "VllmConfig", "deep_merge", "default_cache_dir",

@@ -265,5 +265,14 @@ class DistillConfig(StrictModel):
         if self.signals.loss_chunk_size and feature_terms:
             raise ValueError("signals.loss_chunk_size chunks the row-wise terms only; set it to null with "
                              "loss.hidden / loss.attention / loss.adversarial terms")
+        if loss.cross_tokenizer is not None:
+            if self.student.path is None:
+                raise ValueError("loss.cross_tokenizer: needs student.path (a student derived from the teacher has "
+                                 "the teacher's tokenizer)")
+            other = {"signals.offline_path": self.signals.offline_path, "signals.loss_chunk_size":
+                     self.signals.loss_chunk_size, "seqkd": self.seqkd.enabled}
+            bad = [name for name, on in other.items() if on]
+            if bad:
+                raise ValueError(f"loss.cross_tokenizer: cannot be combined with {', '.join(bad)}")
         check_on_policy(self)
         return self

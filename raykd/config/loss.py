@@ -148,6 +148,29 @@ class AdversarialConfig(StrictModel):
     max_rows: int = Field(512, ge=8, description="Token rows sampled per step for the discriminator.")
 
 
+class CrossTokenizerConfig(StrictModel):
+    """A student with another tokenizer than the teacher's (raykd/loss/cross_tokenizer.py, docs/cross_tokenizer.md).
+
+    Rows are aligned by byte offsets of the same text; the soft term is D over the teacher's top-k tokens the
+    student also has (+ a rest bucket holding the unmapped mass) plus uld_weight * ULD over the rest.
+    """
+
+    mapping: Literal["exact", "none"] = Field(
+        "exact", description="exact: compare tokens whose bytes are the same in both vocabularies with "
+        "loss.divergence, the rest with ULD; none: ULD alone for every token (Boizard et al. 2024)."
+    )
+    uld_weight: float = Field(
+        1.0, ge=0, le=100, description="Weight of the ULD term (Wasserstein-1 between sorted probabilities) "
+        "on what the mapping cannot compare; 0: mapped tokens only. Must be > 0 with mapping: none."
+    )
+
+    @model_validator(mode="after")
+    def _teaches(self) -> "CrossTokenizerConfig":
+        if self.mapping == "none" and self.uld_weight == 0:
+            raise ValueError("mapping 'none' compares with ULD alone; uld_weight 0 would teach nothing")
+        return self
+
+
 class LossConfig(StrictModel):
     """L = alpha * T^2 * D(p_teacher^T, p_student^T) + (1 - alpha) * CE + feature/attention/adversarial terms.
 
@@ -179,6 +202,10 @@ class LossConfig(StrictModel):
         default_factory=OnPolicyConfig, description="On-policy KD: the student writes, the teacher grades "
         "(raykd/config/on_policy.py, docs/on_policy.md)."
     )
+    cross_tokenizer: CrossTokenizerConfig | None = Field(
+        None, description="Set to distil into a student whose tokenizer differs from the teacher's (student.path); "
+        "null: the tokenizers must be the same."
+    )
 
     @model_validator(mode="after")
     def _schedules(self) -> "LossConfig":
@@ -193,7 +220,24 @@ class LossConfig(StrictModel):
             raise ValueError("dynamic_temperature sets T per token; it cannot be combined with a temperature_schedule")
         if self.adversarial.weight > 0 and self.adversarial.input == "hidden" and not self.hidden.layer_map:
             raise ValueError("adversarial.input 'hidden' uses the first hidden.layer_map pair, and it is empty")
+        if self.cross_tokenizer is not None:
+            self._cross_tokenizer_limits()
         return self
+
+    def _cross_tokenizer_limits(self) -> None:
+        """What the cross-tokenizer loss does not combine with: terms that assume one vocabulary or one position
+        per token on both sides."""
+        unsupported = {
+            "loss.tail 'renormalize' (the unmapped teacher mass needs the rest bucket)": self.tail != "bucket",
+            "loss.dynamic_temperature 'disagreement'": self.dynamic_temperature.rule == "disagreement",
+            "loss.hidden": self.hidden.weight > 0,
+            "loss.attention": self.attention.weight > 0,
+            "loss.adversarial": self.adversarial.weight > 0,
+            "loss.on_policy": self.on_policy.fraction > 0,
+        }
+        bad = [name for name, on in unsupported.items() if on]
+        if bad:
+            raise ValueError(f"cross_tokenizer cannot be combined with {', '.join(bad)}")
 
 
 class SeqKDConfig(StrictModel):

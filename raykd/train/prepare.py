@@ -50,7 +50,11 @@ def prepare(cfg: DistillConfig, field: str = "data") -> Prepared:
 
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
     t_config = AutoConfig.from_pretrained(teacher_path)
-    if cfg.student.path is not None:
+    if cfg.student.path is not None and cfg.loss.cross_tokenizer is not None:
+        from raykd.train.tokenizer_pair import TokenizerPair  # another tokenizer: every token must be alignable
+
+        TokenizerPair.load(teacher_path, cfg.student.path).check("student.path", chat=cfg.data.format != "text")
+    elif cfg.student.path is not None:
         check_same_vocab(teacher_path, cfg.student.path, "student.path")
     max_len = getattr(t_config, "max_position_embeddings", None)
     if max_len and cfg.data.seq_len > max_len:
@@ -125,14 +129,17 @@ def _block_hashes(batch: dict) -> dict:
 
 
 def check_same_vocab(teacher_path: str, other_path: str, field: str) -> None:
-    """Teacher signals are token ids: student and teacher must share the tokenizer exactly."""
+    """Teacher signals are token ids: student and teacher must share the tokenizer exactly (unless
+    loss.cross_tokenizer is set: raykd/train/tokenizer_pair.py checks that pair instead)."""
     from transformers import AutoConfig, AutoTokenizer
 
     t_cfg, o_cfg = AutoConfig.from_pretrained(teacher_path), AutoConfig.from_pretrained(other_path)
     if t_cfg.vocab_size != o_cfg.vocab_size:
-        raise ConfigError(f"{field}: vocab_size {o_cfg.vocab_size} differs from the teacher's {t_cfg.vocab_size}")
+        raise ConfigError(f"{field}: vocab_size {o_cfg.vocab_size} differs from the teacher's {t_cfg.vocab_size}; "
+                          "set loss.cross_tokenizer to distil across tokenizers")
     if AutoTokenizer.from_pretrained(teacher_path).get_vocab() != AutoTokenizer.from_pretrained(other_path).get_vocab():
-        raise ConfigError(f"{field}: tokenizer differs from the teacher's (same size, different tokens)")
+        raise ConfigError(f"{field}: tokenizer differs from the teacher's (same size, different tokens); set "
+                          "loss.cross_tokenizer to distil across tokenizers")
 
 
 def check_methods(cfg: DistillConfig, teacher_config: Any, student_config: Any | None = None) -> None:
@@ -176,7 +183,7 @@ def check_methods(cfg: DistillConfig, teacher_config: Any, student_config: Any |
 
 
 def check_teacher_info(cfg: DistillConfig, info, student_vocab: int) -> None:
-    if info.vocab_size != student_vocab:
+    if info.vocab_size != student_vocab and cfg.loss.cross_tokenizer is None:
         raise ConfigError(f"teacher vocab_size {info.vocab_size} differs from the student's {student_vocab}")
     if cfg.loss.top_k > info.max_top_k:
         raise ConfigError(f"loss.top_k={cfg.loss.top_k} exceeds the teacher's max_top_k={info.max_top_k}")

@@ -1,0 +1,102 @@
+"""Two real (offline-trained) tokenizers side by side: the teacher's view of a student window, the check."""
+
+import numpy as np
+import pytest
+
+from raykd.config import ConfigError
+from raykd.train.tokenizer_pair import TokenizerPair
+
+TEXT = "Le café coûte 3€ — 日本語 🙂🙃\n\n   spaced   out\tend. The End."
+
+
+@pytest.fixture(scope="module")
+def toks():
+    from raykd.data.corpus import generate_corpus
+    from raykd.teacher.tiny_model import train_tokenizer
+
+    text = generate_corpus(20_000, 1) + TEXT * 4
+    return (train_tokenizer(text, vocab_size=500, max_length=512),
+            train_tokenizer(text, vocab_size=330, max_length=512, split_digits=True))
+
+
+def _student_window(student, cut_lo=0, cut_hi=None):
+    eos = student.eos_token_id
+    ids = student(TEXT, add_special_tokens=False)["input_ids"] + [eos] + student(TEXT, add_special_tokens=False)["input_ids"]
+    return np.asarray(ids[cut_lo:cut_hi], np.int64)
+
+
+def test_teacher_view_covers_the_same_text_and_pairs_eos(toks):
+    teacher, student = toks
+    pair = TokenizerPair(teacher, student)
+    window = _student_window(student)
+    view = pair.teacher_view(window)
+    assert view.s_ends[-1] == view.t_ends[-1]  # whole characters at both edges: the same bytes end to end
+    assert teacher.eos_token_id in view.teacher_ids.tolist()
+    s_bytes = [pair.s_keys[i] for i in window]
+    t_bytes = [pair.t_keys[i] for i in view.teacher_ids]
+    t_rows, s_rows = view.rows()
+    assert len(t_rows) > len(window) // 3
+    for i, j in zip(t_rows, s_rows):  # every aligned pair has read exactly the same prefix (eos by role)
+        assert [b for b in t_bytes[: i + 1]] != [] and view.t_ends[i] == view.s_ends[j]
+        norm = lambda ks: b"".join(k if isinstance(k, bytes) else b"<eos>" for k in ks)  # noqa: E731
+        assert norm(t_bytes[: i + 1]) == norm(s_bytes[: j + 1])
+
+
+def test_window_cut_inside_characters(toks):
+    teacher, student = toks
+    pair = TokenizerPair(teacher, student)
+    full = _student_window(student)
+    keys = [pair.s_keys[i] for i in full]
+    # find windows that start and end inside a multi-byte character (a token that is not UTF-8 on its own)
+    partial = [j for j, k in enumerate(keys) if isinstance(k, bytes) and not _utf8(k)]
+    assert len(partial) >= 2
+    lo, hi = partial[0] + 1, partial[-1]  # begins after a first piece, ends before a last piece
+    view = pair.teacher_view(full[lo:hi])
+    raw = b"".join(pair.s_keys[i] if isinstance(pair.s_keys[i], bytes) else b"" for i in full[lo:hi])
+    got = b"".join(k for k in (pair.t_keys[i] for i in view.teacher_ids) if isinstance(k, bytes))
+    assert got and got in raw and len(raw) - len(got) <= 6  # at most a partial character dropped at each edge
+    t_rows, s_rows = view.rows()
+    assert (view.t_ends[t_rows] == view.s_ends[s_rows]).all() and len(t_rows) > 0
+
+
+def test_same_tokenizer_is_the_identity(toks):
+    teacher = toks[0]
+    pair = TokenizerPair(teacher, teacher)
+    assert pair.identical and not pair.only.any()
+    window = _student_window(teacher)
+    view = pair.teacher_view(window)
+    assert view.teacher_ids.tolist() == window.tolist()
+    t_rows, s_rows = view.rows()
+    assert t_rows.tolist() == s_rows.tolist() == list(range(len(window) - 1))
+
+
+def test_check_accepts_byte_level_pairs_and_names_an_unalignable_token(toks):
+    teacher, student = toks
+    TokenizerPair(teacher, student).check("student.path")
+    TokenizerPair(student, teacher).check("student.path", chat=True)
+    from tokenizers import normalizers
+
+    uncased = _copy(teacher)
+    uncased.backend_tokenizer.normalizer = normalizers.Lowercase()  # an uncased teacher cannot write "T"
+    with pytest.raises(ConfigError) as err:
+        TokenizerPair(uncased, student).check("student.path")
+    msg = str(err.value)
+    assert msg.startswith("student.path: token ") and "cannot be written by the teacher's tokenizer" in msg
+    assert "\n" not in msg and "such tokens" in msg
+    bad_id = int(msg.split()[2])
+    text = student.convert_ids_to_tokens(bad_id)
+    assert text.lower() != text  # the named token really has an upper-case letter
+
+
+def _copy(tok):
+    import copy
+
+    return copy.deepcopy(tok)
+
+
+def _utf8(b: bytes) -> bool:
+    try:
+        b.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
