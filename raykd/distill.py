@@ -128,12 +128,15 @@ def evaluate_all(cfg: DistillConfig, prep: Prepared, handle, student_dirs: dict[
     from raykd.eval.table import add_task_scores, format_table, format_task_table, teacher_row
     from raykd.models import safetensors_param_count
 
-    signals = handle.score.remote(list(val.ids), 1).result()
-    rows_mask = val.mask[:, 1:].reshape(-1) > 0  # the signal rows predict tokens 1..L-1
     prompts = [row[:16] for row in val.ids[: cfg.eval.gen_prompts]]
-    gen = handle.generate.remote(prompts, cfg.eval.gen_tokens).result()
-    rows = [teacher_row(signals, safetensors_param_count(prep.teacher_path), gen.tokens_per_second, rows=rows_mask)]
-    top1 = np.asarray(signals.topk_ids[:, 0])
+    if cfg.loss.cross_tokenizer is not None:  # val.ids are the student's tokens: no teacher row, no top-1 agreement
+        rows, top1 = [], None  # (a per-token loss of other tokens would not be comparable anyway)
+    else:
+        signals = handle.score.remote(list(val.ids), 1).result()
+        rows_mask = val.mask[:, 1:].reshape(-1) > 0  # the signal rows predict tokens 1..L-1
+        gen = handle.generate.remote(prompts, cfg.eval.gen_tokens).result()
+        rows = [teacher_row(signals, safetensors_param_count(prep.teacher_path), gen.tokens_per_second, rows=rows_mask)]
+        top1 = np.asarray(signals.topk_ids[:, 0])
     for name, d in student_dirs.items():
         rows.append(student_row(name, str(d), val, top1, prompts, cfg.eval.gen_tokens))
     if not cfg.eval.tasks.enabled:
@@ -158,4 +161,5 @@ def student_row(name: str, model_dir: str, val, teacher_top1: np.ndarray, prompt
     backend = HFTeacherBackend(model_dir, device="cpu")
     loss, agree = heldout_loss(backend.model, val.ids, teacher_top1, mask=val.mask)
     gen = backend.generate(prompts, gen_tokens)
-    return EvalRow(name, count_parameters(backend.model), loss, math.exp(loss), agree, gen.tokens_per_second)
+    return EvalRow(name, count_parameters(backend.model), loss, math.exp(loss),
+                   math.nan if agree is None else agree, gen.tokens_per_second)

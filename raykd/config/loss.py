@@ -229,7 +229,7 @@ class LossConfig(StrictModel):
         per token on both sides."""
         unsupported = {
             "loss.tail 'renormalize' (the unmapped teacher mass needs the rest bucket)": self.tail != "bucket",
-            "loss.dynamic_temperature 'disagreement'": self.dynamic_temperature.rule == "disagreement",
+            "loss.dynamic_temperature": self.dynamic_temperature.rule != "none",
             "loss.hidden": self.hidden.weight > 0,
             "loss.attention": self.attention.weight > 0,
             "loss.adversarial": self.adversarial.weight > 0,

@@ -26,7 +26,7 @@ import torch
 from raykd.config.loss import LossConfig
 from raykd.loss.distributions import log_distributions
 from raykd.loss.dynamic_temperature import disagreement_difficulty, entropy_difficulty, token_temperature
-from raykd.loss.kd import distill_loss
+from raykd.loss.kd import distill_loss, hard_ce
 from raykd.loss.schedules import Schedule
 
 SIGNAL_FIELDS = ("topk_ids", "topk_logprobs", "tail_logprob")
@@ -75,6 +75,8 @@ class RowLoss:
                                          denominator=denominator)
             metrics = {"loss_hard": float(hard.detach()), "loss_soft": 0.0, "loss": float(loss.detach())}
             return RowLossOut(loss, metrics, alpha, temperature)
+        if getattr(signals, "cross_tokenizer", False):  # another tokenizer: aligned rows (raykd/train/cross_signals.py)
+            return self._cross(rows, labels, signals, alpha, temperature, mask, weights, denominator)
         sig = {k: torch.as_tensor(np.array(getattr(signals, k)), device=rows.device) for k in SIGNAL_FIELDS}
         if sig["topk_ids"].shape[0] != rows.shape[0]:
             raise ValueError(f"teacher signals have {sig['topk_ids'].shape[0]} rows, the batch {rows.shape[0]}")
@@ -102,3 +104,24 @@ class RowLoss:
         t1, s1 = compared.get("t1"), compared.get("s1")
         metrics = {"loss_hard": float(hard.detach()), "loss_soft": float(soft.detach()), "loss": float(loss.detach())}
         return RowLossOut(loss, metrics, alpha, temperature, sig, t1, s1)
+
+    def _cross(self, rows, labels, signals, alpha, temperature, mask, weights, denominator) -> RowLossOut:
+        """alpha * cross-tokenizer soft term (raykd/loss/cross_tokenizer.py) + (1 - alpha) * CE on the student's
+        own tokens; student rows without a teacher row predicting the same text add 0 to the soft term."""
+        from raykd.loss.cross_tokenizer import cross_soft_loss
+
+        ct, dev = self.lc.cross_tokenizer, rows.device
+        t_rows, s_rows = (torch.as_tensor(a, device=dev) for a in signals.aligned_rows())
+        sig = {k: torch.as_tensor(np.array(getattr(signals.signals, k)), device=dev) for k in SIGNAL_FIELDS}
+        hard = hard_ce(rows, labels, mask, weights, denominator)
+        soft = cross_soft_loss(
+            rows, t_rows, s_rows, sig["topk_ids"], sig["topk_logprobs"], sig["tail_logprob"],
+            torch.as_tensor(signals.vmap, device=dev), torch.as_tensor(signals.only, device=dev),
+            teacher_vocab=signals.teacher_vocab, temperature=temperature, mask=mask, weights=weights,
+            denominator=denominator, divergence=self.lc.divergence, beta=self.lc.beta,
+            skew_lambda=self.lc.skew_lambda, uld_weight=ct.uld_weight if ct else 1.0,
+            mapping=ct.mapping if ct else "exact")
+        loss = alpha * soft + (1.0 - alpha) * hard
+        metrics = {"loss_hard": float(hard.detach()), "loss_soft": float(soft.detach()), "loss": float(loss.detach()),
+                   "aligned_fraction": signals.num_aligned / max(1, rows.shape[0])}
+        return RowLossOut(loss, metrics, alpha, temperature)

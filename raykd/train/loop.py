@@ -99,6 +99,12 @@ def train_loop_per_worker(config: dict) -> None:
         # From the cache, else offline shards, else the live teacher, packed on the wire.
         source = signal_source(cfg, handle, extras)
         submit = source.submit
+        if cfg.loss.cross_tokenizer is not None:  # another tokenizer: the teacher scores its own tokens of the text
+            from raykd.train.cross_signals import cross_submit
+            from raykd.train.tokenizer_pair import TokenizerPair
+
+            info = handle.info.remote().result()
+            submit = cross_submit(TokenizerPair.load(info.model_path, cfg.student.path), submit, info.max_model_len)
     accum = tc.grad_accum_steps
     # This worker's blocks, step by step (ids, loss mask, sample weights), from its Ray Data shard: each step's
     # batch_size * grad_accum_steps blocks, split into micro-batches below (the same global batch for any split).

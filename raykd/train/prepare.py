@@ -28,6 +28,11 @@ class Prepared:
     chunks: list  # raykd.data.sources.Chunk: the source cut into Ray Data tasks
     chat_template: str | None = None  # data.chat_template's text (None: the tokenizer's, or not chat)
     field: str = "data"
+    tokenizer_path: str | None = None  # whose tokenizer the data uses: student.path with loss.cross_tokenizer
+
+    @property
+    def data_tokenizer_path(self) -> str:
+        return self.tokenizer_path or self.teacher_path
 
 
 def prepare(cfg: DistillConfig, field: str = "data") -> Prepared:
@@ -48,7 +53,9 @@ def prepare(cfg: DistillConfig, field: str = "data") -> Prepared:
 
     from transformers import AutoConfig, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    # The data is the student's tokens: the teacher's, or with loss.cross_tokenizer the student's own.
+    tokenizer_path = cfg.student.path if cfg.loss.cross_tokenizer is not None else teacher_path
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     t_config = AutoConfig.from_pretrained(teacher_path)
     if cfg.student.path is not None and cfg.loss.cross_tokenizer is not None:
         from raykd.train.tokenizer_pair import TokenizerPair  # another tokenizer: every token must be alignable
@@ -66,13 +73,14 @@ def prepare(cfg: DistillConfig, field: str = "data") -> Prepared:
 
         check_vllm_teacher(teacher_path, cfg.teacher, top_k=cfg.loss.top_k, seq_len=cfg.data.seq_len)
     check_methods(cfg, t_config)  # layer maps, head counts, layer selection against the real models
-    template = check_data(cfg, tokenizer, teacher_path, chunks, field)
+    template = check_data(cfg, tokenizer, tokenizer_path, chunks, field)
     fingerprint = model_fingerprint(teacher_path)
     if cfg.signals.offline_path:  # captured signals of this teacher (coverage is checked while training)
         from raykd.signals.store import check_offline
 
         check_offline(cfg.signals.offline_path, fingerprint, cfg.loss.top_k, t_config.vocab_size)
-    return Prepared(teacher_path, fingerprint, tokenizer, chunks, template, field)
+    return Prepared(teacher_path, fingerprint, tokenizer, chunks, template, field,
+                    tokenizer_path if tokenizer_path != teacher_path else None)
 
 
 def check_data(cfg: DistillConfig, tokenizer, teacher_path: str, chunks: list, field: str = "data") -> str | None:
@@ -102,7 +110,7 @@ def ingest_data(cfg: DistillConfig, prep: Prepared):
     from raykd.console import say
     from raykd.data.ingest import ingest
 
-    data = ingest(cfg.data, prep.teacher_path, prep.chat_template, prep.chunks, prep.field)
+    data = ingest(cfg.data, prep.data_tokenizer_path, prep.chat_template, prep.chunks, prep.field)
     say(f"data: {data.describe()} ({data.made_by}, {data.seconds:.1f}s)")
     return data
 

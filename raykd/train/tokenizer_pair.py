@@ -65,6 +65,10 @@ class TeacherView:
     t_ends: np.ndarray  # (L_t,) byte end offsets in the student sequence's bytes
     s_ends: np.ndarray  # (L_s,)
 
+    def truncate(self, n: int) -> "TeacherView":
+        """The first n teacher tokens (a teacher context limit); rows beyond them are no longer aligned."""
+        return TeacherView(self.teacher_ids[:n], self.t_ends[:n], self.s_ends)
+
     def rows(self) -> tuple[np.ndarray, np.ndarray]:
         """(teacher rows, student rows) predicting the same next text (token_alignment.aligned_rows)."""
         return aligned_rows(self.t_ends, self.s_ends)
