@@ -94,6 +94,8 @@ class MLMDistillConfig(StrictModel):
                              "distillation (raykd distill only)")
         if self.data.weight_field is not None:
             raise ValueError("data.weight_field is not available for masked-LM distillation")
+        if lc.cross_tokenizer is not None:
+            raise ValueError("loss.cross_tokenizer is not available for masked-LM distillation (raykd distill only)")
         if isinstance(self.student.layer_selection, list) and len(self.student.layer_selection) != self.student.num_layers:
             raise ValueError(f"student.layer_selection lists {len(self.student.layer_selection)} layers but "
                              f"num_layers is {self.student.num_layers}")

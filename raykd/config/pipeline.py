@@ -198,7 +198,11 @@ def stage_tree(cfg: PipelineConfig, index: int, dataset_sources: dict[str, str] 
 
 def validate_stage(cfg: PipelineConfig, index: int, dataset_sources: dict[str, str] | None = None) -> DistillConfig:
     """The stage's DistillConfig, or one ConfigError line naming the stage and the field."""
-    return validate(DistillConfig, stage_tree(cfg, index, dataset_sources), stage_label(index, cfg.stages[index].name))
+    stage = validate(DistillConfig, stage_tree(cfg, index, dataset_sources), stage_label(index, cfg.stages[index].name))
+    if stage.loss.cross_tokenizer is not None:  # stages share one tokenizer (eval sets, chained students)
+        raise ConfigError(f"{stage_label(index, cfg.stages[index].name)}: loss.cross_tokenizer: not available in "
+                          "pipelines (raykd distill only)")
+    return stage
 
 
 def _apply_stage_overrides(tree: dict[str, Any], stage_ov: dict[str, Any]) -> None:
