@@ -100,3 +100,34 @@ def _utf8(b: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+def _bpe_with_specials(text: str, vocab_size: int, eos: str, extra: list[str]):
+    """A byte-level BPE whose eos is called `eos` (Llama 2 style "</s>"), with further special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[eos, *extra], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([text], trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=eos,
+                                   additional_special_tokens=extra or None)
+
+
+def test_eos_pairs_by_role_and_chat_specials_by_name(toks):
+    from raykd.data.corpus import generate_corpus
+
+    teacher = toks[0]  # eos "<|endoftext|>"
+    student = _bpe_with_specials(generate_corpus(20_000, 3) + TEXT, 350, "</s>", ["<|im_start|>"])
+    pair = TokenizerPair(teacher, student)
+    assert pair.vmap[teacher.eos_token_id] == student.eos_token_id  # different names, same role
+    ids = student("one two", add_special_tokens=False)["input_ids"] + [student.eos_token_id] + \
+        student("three", add_special_tokens=False)["input_ids"]
+    view = pair.teacher_view(np.asarray(ids))
+    assert teacher.eos_token_id in view.teacher_ids.tolist()
+    pair.check("student.path")  # text data: the student's eos is all the data writes
+    with pytest.raises(ConfigError, match=r"special token \d+ '<\|im_start\|>' has no counterpart"):
+        pair.check("student.path", chat=True)  # a chat template writes <|im_start|>; the teacher has none
