@@ -95,7 +95,8 @@ def vocab_bytes(tokenizer) -> list[TokenBytes | None]:
                 if getattr(t, "special", False)}
     out: list[TokenBytes | None] = [None] * (max(vocab.values()) + 1 if vocab else 0)
     for token, i in vocab.items():
-        out[i] = token if token in special else token_bytes(token, scheme)
+        fallback = scheme == "sentencepiece" and len(token) == 6 and token.startswith("<0x")  # bytes, even if "special"
+        out[i] = token if token in special and not fallback else token_bytes(token, scheme)
     return out
 
 

@@ -38,9 +38,9 @@ ROLES = ("eos_token", "bos_token", "pad_token")
 def _with_roles(tokenizer, keys: list[TokenBytes | None]) -> list[TokenBytes | None]:
     """Special tokens that play a role (eos, bos, pad) are keyed by the role, so they pair up across names."""
     keys = list(keys)
-    for role in ROLES:
+    for role in ROLES:  # one token in several roles (eos = pad) keeps the first
         i = getattr(tokenizer, f"{role}_id", None)
-        if i is not None and 0 <= i < len(keys) and isinstance(keys[i], str):
+        if i is not None and 0 <= i < len(keys) and isinstance(keys[i], str) and not keys[i].startswith("<raykd:"):
             keys[i] = f"<raykd:{role}>"
     return keys
 
@@ -82,6 +82,10 @@ class TokenizerPair:
         self.vmap = vocab_map(self.t_keys, self.s_keys)  # (V_t,) teacher id -> student id, -1 none
         self.only = student_only(self.vmap, len(self.s_keys))  # (V_s,)
         self._t_special = {k: i for i, k in enumerate(self.t_keys) if isinstance(k, str)}
+        eos = self._t_special.get("<raykd:eos_token>")
+        for role in ROLES:  # a teacher without a pad (or bos) token: the student's pads become its eos
+            if eos is not None:
+                self._t_special.setdefault(f"<raykd:{role}>", eos)
 
     @classmethod
     def load(cls, teacher_path: str, student_path: str) -> "TokenizerPair":
@@ -93,13 +97,30 @@ class TokenizerPair:
     def identical(self) -> bool:
         return len(self.t_keys) == len(self.s_keys) and bool((self.vmap == np.arange(len(self.vmap))).all())
 
+    def _encode(self, texts: list[str]) -> list[tuple[list[int], np.ndarray]]:
+        """Teacher ids of each text and their byte lengths. A SentencePiece teacher prepends "▁" to a text
+        (add_prefix_space): that space is not in the text, so it is taken off its first token's length."""
+        out = []
+        for text, ids in zip(texts, self.teacher(texts, add_special_tokens=False)["input_ids"]):
+            lengths = byte_ends([self.t_keys[i] for i in ids])
+            lengths = np.diff(lengths, prepend=0)
+            raw = text.encode("utf-8")
+            if len(ids) and lengths.sum() == len(raw) + 1 and not raw.startswith(b" ") \
+                    and isinstance(self.t_keys[ids[0]], bytes) and self.t_keys[ids[0]].startswith(b" "):
+                lengths[0] -= 1
+            out.append((list(ids), lengths))
+        return out
+
     def _teacher_bytes(self, ids) -> bytes:
         return b"".join(k if isinstance(k, bytes) else f"\x00{k}\x00".encode() for k in (self.t_keys[i] for i in ids))
 
     def roundtrip(self, texts: list[bytes]) -> list[bytes]:
         """Each text through the teacher tokenizer and back to bytes (unknown/special tokens show as such)."""
-        enc = self.teacher([t.decode("utf-8") for t in texts], add_special_tokens=False)["input_ids"]
-        return [self._teacher_bytes(ids) for ids in enc]
+        out = []
+        for ids, lengths in self._encode([t.decode("utf-8") for t in texts]):
+            raw = self._teacher_bytes(ids)
+            out.append(raw[1:] if len(raw) == lengths.sum() + 1 else raw)  # the prefix space it added
+        return out
 
     def check(self, field: str, chat: bool = False) -> None:
         """ConfigError naming the first student token that can never be aligned, and how many there are.
@@ -150,9 +171,9 @@ class TokenizerPair:
             text = b"".join(s_keys[j:k])
             lo, hi = _utf8_core(text)
             if hi > lo:
-                enc = self.teacher(text[lo:hi].decode("utf-8"), add_special_tokens=False)["input_ids"]
-                ends = byte_ends([self.t_keys[i] for i in enc], start=pos + lo)
-                t_ids += list(enc)
+                [(enc, lengths)] = self._encode([text[lo:hi].decode("utf-8")])
+                ends = pos + lo + np.cumsum(lengths)
+                t_ids += enc
                 t_ends += ends.tolist()
             pos += len(text)
             j = k

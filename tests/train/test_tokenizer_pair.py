@@ -131,3 +131,40 @@ def test_eos_pairs_by_role_and_chat_specials_by_name(toks):
     pair.check("student.path")  # text data: the student's eos is all the data writes
     with pytest.raises(ConfigError, match=r"special token \d+ '<\|im_start\|>' has no counterpart"):
         pair.check("student.path", chat=True)  # a chat template writes <|im_start|>; the teacher has none
+
+
+def _sentencepiece_like(text: str, vocab_size: int):
+    """A Llama-2-style tokenizer: Metaspace "▁" with a prefix space, <0xNN> byte fallback, <s>/</s>/<unk>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, limit_alphabet=60,
+                                  show_progress=False)
+    tok.train_from_iterator([text], trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_sentencepiece_teacher_and_byte_level_student(toks):
+    from raykd.data.corpus import generate_corpus
+    from raykd.data.token_alignment import tokenizer_scheme
+
+    sp = _sentencepiece_like(generate_corpus(20_000, 4) + TEXT, 600)
+    student = toks[1]
+    assert tokenizer_scheme(sp) == "sentencepiece"
+    for teacher, stud in ((sp, student), (student, sp)):
+        pair = TokenizerPair(teacher, stud)
+        pair.check("student.path")  # byte fallback: every text is writable; the prefix space is not text
+        window = np.asarray(stud(TEXT, add_special_tokens=False)["input_ids"])
+        view = pair.teacher_view(window)
+        s_raw = b"".join(pair.s_keys[i] for i in window)
+        assert view.t_ends[-1] == view.s_ends[-1] == len(s_raw)
+        t_rows, s_rows = view.rows()
+        assert len(t_rows) > 10
+        for i, j in zip(t_rows, s_rows):
+            assert view.t_ends[i] == view.s_ends[j]
+        assert (pair.vmap >= 0).sum() > 200  # the bytes (<0xNN> and single characters) and shared words map
