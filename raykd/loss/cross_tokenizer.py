@@ -133,8 +133,17 @@ def cross_soft_rows(
     uld_weight: float = 1.0,
     mapping: str = "exact",
 ) -> torch.Tensor:
-    """T^2 * (D(term 1) + uld_weight * ULD(term 2)) per aligned row, `(M,)` (module doc)."""
-    mapped = vmap.to(topk_ids.device)[topk_ids.long()]
+    """T^2 * (D(term 1) + uld_weight * ULD(term 2)) per aligned row, `(M,)` (module doc).
+
+    Models often have more output rows than their tokenizer has tokens (embeddings padded to a multiple):
+    `vmap` / `only` shorter than the teacher's / student's vocabulary are padded (no twin; student-only)."""
+    vmap, only = vmap.to(topk_ids.device), only.to(student_rows.device)
+    width = max(teacher_vocab, int(topk_ids.max()) + 1 if topk_ids.numel() else 0)
+    if vmap.shape[0] < width:
+        vmap = torch.cat([vmap, vmap.new_full((width - vmap.shape[0],), -1)])
+    if only.shape[0] < student_rows.shape[-1]:
+        only = torch.cat([only, only.new_ones(student_rows.shape[-1] - only.shape[0])])
+    mapped = vmap[topk_ids.long()]
     if mapping == "none":
         mapped = torch.full_like(mapped, -1)
     elif mapping != "exact":

@@ -63,10 +63,11 @@ class _Pending:
         return CrossSignals(self.inner.result(), self.pairs, self.student_rows, vmap, only, vocab)
 
 
-def cross_submit(pair: Any, submit, max_len: int | None = None):
+def cross_submit(pair: Any, submit, max_len: int | None = None, teacher_vocab: int | None = None):
     """Wrap a SignalSource's `submit(batch)` so that it takes student token ids (B, L) (module doc). A text the
-    teacher writes in more than `max_len` tokens (its max_model_len) is cut there: later rows go unaligned."""
-    info = (pair.vmap, pair.only, len(pair.t_keys))
+    teacher writes in more than `max_len` tokens (its max_model_len) is cut there: later rows go unaligned.
+    `teacher_vocab`: the teacher model's output size (may exceed its tokenizer's)."""
+    info = (pair.vmap, pair.only, max(len(pair.t_keys), teacher_vocab or 0))
 
     def go(batch: np.ndarray) -> _Pending:
         views = [pair.teacher_view(seq) for seq in np.asarray(batch)]

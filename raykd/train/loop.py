@@ -104,7 +104,8 @@ def train_loop_per_worker(config: dict) -> None:
             from raykd.train.tokenizer_pair import TokenizerPair
 
             info = handle.info.remote().result()
-            submit = cross_submit(TokenizerPair.load(info.model_path, cfg.student.path), submit, info.max_model_len)
+            submit = cross_submit(TokenizerPair.load(info.model_path, cfg.student.path), submit, info.max_model_len,
+                                  info.vocab_size)
     accum = tc.grad_accum_steps
     # This worker's blocks, step by step (ids, loss mask, sample weights), from its Ray Data shard: each step's
     # batch_size * grad_accum_steps blocks, split into micro-batches below (the same global batch for any split).

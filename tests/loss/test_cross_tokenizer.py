@@ -127,3 +127,19 @@ def test_rows_without_alignment_get_no_soft_target():
                           torch.zeros(v, dtype=torch.bool), teacher_vocab=v)
     assert got.item() == pytest.approx(ref.sum().item() / n, rel=1e-12)
     assert not math.isclose(got.item(), every.mean().item())
+
+
+def test_models_wider_than_their_tokenizers():
+    """Output rows beyond the tokenizers (padded embeddings): vmap/only are padded, the loss is the same as
+    with explicitly padded maps, and teacher ids there count as unmapped."""
+    n, v_t, v_s, k = 5, 24, 20, 6
+    ids, lp, tail = _topk(_logits(n, v_t, 11), k)
+    s = _logits(n, v_s, 12)
+    vmap = torch.arange(18) % 17  # tokenizer of 18 tokens; 17 maps to 0 -> make it injective below
+    vmap[17] = -1
+    only = torch.zeros(17, dtype=torch.bool)
+    got = cross_soft_rows(s, ids, lp, tail, vmap, only, teacher_vocab=v_t, temperature=1.5)
+    full_vmap = torch.cat([vmap, torch.full((v_t - 18,), -1)])
+    full_only = torch.cat([only, torch.ones(v_s - 17, dtype=torch.bool)])
+    ref = cross_soft_rows(s, ids, lp, tail, full_vmap, full_only, teacher_vocab=v_t, temperature=1.5)
+    assert torch.allclose(got, ref) and torch.isfinite(got).all()
