@@ -11,7 +11,9 @@ global batch per worker: raykd/train/student.py), else / these rows' unmasked co
 `reduce_rows`, the one place this happens).
 
 `signals` is anything with `topk_ids (N, k)`, `topk_logprobs (N, k)` and `tail_logprob (N,)` (a TeacherSignals
-whose rows are these rows), or None (hard labels only). With `need_t1` the compared log-distributions at
+whose rows are these rows), or None (hard labels only), or the signals of a teacher with another tokenizer
+(raykd/train/cross_signals.py: `cross_tokenizer` is true; the soft term is raykd/loss/cross_tokenizer.py's on
+the aligned rows, the hard term the student's own tokens). With `need_t1` the compared log-distributions at
 T = 1 come back too (`out.t1`, `out.s1`, `(N, C)`): the disagreement rule and the adversarial term use them.
 """
 
