@@ -58,7 +58,7 @@ class RoutingConfig(StrictModel):
 
     by: Literal["field", "file"] = Field(
         "field", description="field: the record field `field` selects the rule; file: the record's file path is "
-        "matched against the rules' keys as glob patterns (fnmatch; the file name alone also matches).",
+        "matched against the rules' keys as glob patterns (fnmatch on the whole path, a trailing part of it, or the file name).",
     )
     field: str = Field("domain", description="by: field: the record field whose value (as a string) picks the rule.")
     rules: dict[str, str | None] = Field(
