@@ -174,3 +174,15 @@ def check_teachers(cfg: Any) -> None:
         if plain:
             raise ValueError(f"teachers.routing.field needs a source of records (.jsonl, .parquet), not "
                              f"{cfg.data.source!r}")
+
+
+def check_weight_key(key: str, base: Any) -> None:
+    """A sweep's `teachers.ensemble.<name>` key: the base config ensembles teachers and names that one."""
+    from raykd.config.base import ConfigError
+
+    name = key.removeprefix("teachers.ensemble.")
+    ts = base.teachers
+    if ts is None or ts.ensemble is None:
+        raise ConfigError(f"space: '{key}' needs a base config with teachers.ensemble")
+    if name not in ts.names:
+        raise ConfigError(f"space: '{key}': no teacher named {name!r} (teachers: {', '.join(ts.names)})")

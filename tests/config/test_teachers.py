@@ -98,3 +98,44 @@ def test_cli_refuses_a_negative_weight_before_any_cluster(tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert lines == [f"raykd: error: {config}: teachers.ensemble.math: weight must be a finite number >= 0, got -0.2"]
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "cache").exists()
+
+
+# --------------------------------------------------------------------------------------------- sweeps, pipelines
+def test_sweeps_search_ensemble_weights(tmp_path):
+    from raykd.config.sweep import load_sweep, trial_config
+    from tests.sweep.examples import ASHA_YAML, error_of, write_sweep
+
+    example = yaml.safe_load(ASHA_YAML.read_text())["base"]
+    example.pop("teacher")
+    base = {**example, "teachers": {"apps": TWO, "ensemble": {"general": 0.5, "math": 0.5}}}
+    space = {"teachers.ensemble.math": {"uniform": [0.0, 1.0]}, "loss.alpha": {"choice": [0.5, 0.9]}}
+    sweep, cfg = load_sweep(write_sweep(tmp_path, base=base, space=space))
+    trial = trial_config(cfg, sweep, {"teachers.ensemble.math": 0.75, "loss.alpha": 1})
+    assert trial.teachers.ensemble == {"general": 0.5, "math": 0.75} and trial.teachers.weights() == [0.4, 0.6]
+    bad = {"teachers.ensemble.physics": {"uniform": [0.0, 1.0]}}
+    assert "no teacher named 'physics'" in error_of(write_sweep(tmp_path, base=base, space=bad))
+    neg = {"teachers.ensemble.math": {"uniform": [-1.0, 1.0]}}
+    assert "teachers.ensemble.math: weight must be a finite number >= 0, got -1.0" in error_of(
+        write_sweep(tmp_path, base=base, space=neg))
+    one = {"teachers.ensemble.math": {"uniform": [0.0, 1.0]}}
+    assert "needs a base config with teachers.ensemble" in error_of(
+        write_sweep(tmp_path, base=example, space=one))
+
+
+def test_a_pipeline_stage_names_its_teachers(tmp_path):
+    from raykd.config.pipeline import PipelineConfig, check_pipeline, validate_stage
+    from tests.pipeline.tiny_pipeline import tiny_pipeline
+
+    tree = tiny_pipeline(tmp_path / "teacher", tmp_path)
+    domain = tree["stages"][2]
+    domain.pop("adapt_teacher")
+    domain["teachers"] = {"apps": [{"name": "general", "path": "/t/general"}, {"name": "math", "path": "/t/math"}],
+                          "routing": {"field": "kind", "rules": {"math": "math"}}}
+    cfg = PipelineConfig.model_validate(tree)
+    check_pipeline(cfg)
+    stage = validate_stage(cfg, 2, {"math_train": "/data/m.jsonl"})
+    assert stage.teachers.names == ["general", "math"] and stage.teacher.path == "/t/general"  # defaults' teacher dropped
+    assert validate_stage(cfg, 0).teachers is None and validate_stage(cfg, 0).teacher.path == str(tmp_path / "teacher")
+    tree["stages"][1]["teachers"] = domain["teachers"]  # stage 1 adapts its teacher: not with several
+    with pytest.raises(ConfigError, match=r"stages\[1\] \(instruction\)\.adapt_teacher: makes one domain teacher"):
+        check_pipeline(PipelineConfig.model_validate(tree))
