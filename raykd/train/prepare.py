@@ -73,7 +73,7 @@ def prepare(cfg: DistillConfig, field: str = "data") -> Prepared:
     if cfg.teachers is not None:  # the other teacher apps: resolved, built if tiny, same tokenizer as the primary
         from raykd.train.teachers import prepare_teachers
 
-        prep.teachers = tuple(prepare_teachers(cfg, teacher_path, fingerprint))
+        prep.teachers = tuple(prepare_teachers(cfg, teacher_path, fingerprint, check_same_vocab))
     return prep
 
 

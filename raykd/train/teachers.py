@@ -2,7 +2,7 @@
 
 Driver, before any cluster (raykd/train/prepare.py):
 
-    prep.teachers = prepare_teachers(cfg, prep)     # [(name, path, fingerprint)], every tokenizer = the primary's
+    prep.teachers = prepare_teachers(cfg, path, fp, check_same_vocab)   # [ResolvedTeacher], tokenizers = the primary's
 
 Driver, Ray up (raykd/train/fit.py):
 
@@ -39,12 +39,12 @@ class ResolvedTeacher:
     fingerprint: str
 
 
-def prepare_teachers(cfg: Any, primary_path: str, primary_fingerprint: str) -> list[ResolvedTeacher]:
+def prepare_teachers(cfg: Any, primary_path: str, primary_fingerprint: str, check_same_vocab) -> list[ResolvedTeacher]:
     """Every app of `cfg.teachers` resolved (tiny ones built, cached) and checked against the primary: the same
-    tokenizer (the student learns all of them on the same ids). No cluster. [] without `teachers`."""
+    tokenizer (the student learns all of them on the same ids; `check_same_vocab(path, other, field)` is
+    raykd/train/prepare.py's, passed in by it). No cluster. [] without `teachers`."""
     from raykd.config import ConfigError
     from raykd.models import check_model_dir, model_fingerprint
-    from raykd.train.prepare import check_same_vocab
 
     ts = cfg.teachers
     if ts is None:

@@ -102,6 +102,7 @@ def test_source_needs_routes_or_weights(tmp_path):
 def test_prepare_teachers_resolves_every_app_and_refuses_another_tokenizer(tiny_teacher, other_vocab_teacher):
     from raykd.config import ConfigError, DistillConfig
     from raykd.models import model_fingerprint
+    from raykd.train.prepare import check_same_vocab
     from raykd.train.teachers import prepare_teachers, teacher_cpus
 
     def cfg(second_path, **more):
@@ -112,14 +113,14 @@ def test_prepare_teachers_resolves_every_app_and_refuses_another_tokenizer(tiny_
 
     fp = model_fingerprint(str(tiny_teacher))
     with pytest.raises(ConfigError, match=r"teachers.apps.1 \(math\): vocab_size 320 differs from the teacher's 384"):
-        prepare_teachers(cfg(other_vocab_teacher), str(tiny_teacher), fp)
+        prepare_teachers(cfg(other_vocab_teacher), str(tiny_teacher), fp, check_same_vocab)
     with pytest.raises(ConfigError, match="teachers.apps.1.path: model path not found"):
-        prepare_teachers(cfg("/nonexistent/math"), str(tiny_teacher), fp)
+        prepare_teachers(cfg("/nonexistent/math"), str(tiny_teacher), fp, check_same_vocab)
     with pytest.raises(ConfigError, match="two apps serve the same weights"):
-        prepare_teachers(cfg(tiny_teacher), str(tiny_teacher), fp)
+        prepare_teachers(cfg(tiny_teacher), str(tiny_teacher), fp, check_same_vocab)
     routed = DistillConfig.model_validate({"teachers": {
         "apps": [{"name": "general", "path": str(tiny_teacher)}, {"name": "math", "path": str(tiny_teacher)}],
         "routing": {"by": "file", "rules": {"*math*": "math"}}}})
-    resolved = prepare_teachers(routed, str(tiny_teacher), fp)  # routing to the same weights is allowed
+    resolved = prepare_teachers(routed, str(tiny_teacher), fp, check_same_vocab)  # routing to the same weights is allowed
     assert [(r.name, r.fingerprint) for r in resolved] == [("general", fp), ("math", fp)]
     assert teacher_cpus(cfg(tiny_teacher)) == 3.0 and teacher_cpus(DistillConfig()) == 0.0
