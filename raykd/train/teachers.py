@@ -66,8 +66,15 @@ def prepare_teachers(cfg: Any, primary_path: str, primary_fingerprint: str, chec
             check_vllm_teacher(path, app.as_teacher(), top_k=cfg.loss.top_k, seq_len=cfg.data.seq_len)
         out.append(ResolvedTeacher(app.name, path, model_fingerprint(path)))
     fps = [t.fingerprint for t in out]
-    if len(set(fps)) < len(fps) and ts.ensemble is not None:
-        raise ConfigError("teachers.ensemble: two apps serve the same weights (the mixture would be one teacher)")
+    if ts.ensemble is not None:
+        from transformers import AutoConfig
+
+        vocab = AutoConfig.from_pretrained(primary_path).vocab_size
+        if len(out) * cfg.loss.top_k > vocab:  # the mixture has one outcome per teacher's top-k entry
+            raise ConfigError(f"teachers.ensemble: {len(out)} teachers x loss.top_k={cfg.loss.top_k} outcomes exceed "
+                              f"the vocabulary ({vocab}); lower loss.top_k")
+        if len(set(fps)) < len(fps):
+            raise ConfigError("teachers.ensemble: two apps serve the same weights (the mixture would be one teacher)")
     return out
 
 

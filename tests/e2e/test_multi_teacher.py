@@ -49,6 +49,32 @@ def _records(path):
     return path
 
 
+def _ensemble_of_the_two_apps(cfg, general, math, tiny_teacher):
+    """The ensemble path of a Train worker (`worker_signal_source`) against the two deployed apps: the mixture
+    of what each app returns, normalised. No training run: the routed run above covers the loop."""
+    from types import SimpleNamespace
+
+    from raykd.config import DistillConfig
+    from raykd.signals.ensemble import mix_signals
+    from raykd.signals.format import from_ipc, unpack
+    from raykd.train.teachers import worker_signal_source
+
+    tree = cfg.model_dump(exclude={"teacher"})
+    tree["teachers"].update(routing=None, ensemble={"general": 0.25, "math": 0.75})
+    tree["signals"] = {"cache": False}
+    source = worker_signal_source(DistillConfig.model_validate(tree), general, None)
+    ids = np.random.default_rng(0).integers(0, 384, (3, 24)).astype(np.int32)
+    got = source.submit_step(SimpleNamespace(ids=ids, index=np.arange(3))).result()
+    each = [unpack(from_ipc(h.score_packed.remote(list(ids), TOP_K).result())) for h in (general, math)]
+    ref = mix_signals(each, [0.25, 0.75], 384)
+    assert got.top_k == 2 * TOP_K
+    np.testing.assert_array_equal(got.topk_ids, ref.topk_ids)
+    np.testing.assert_allclose(got.topk_logprobs, ref.topk_logprobs, atol=1e-6)
+    mass = np.exp(got.topk_logprobs.astype(np.float64)).sum(1) + np.exp(got.tail_logprob.astype(np.float64))
+    np.testing.assert_allclose(mass, 1.0, atol=3e-3)  # float16 on the wire
+    assert not np.array_equal(each[0].topk_logprobs, each[1].topk_logprobs)  # two different teachers
+
+
 def test_records_tagged_math_are_scored_by_the_math_teacher_only(ray_cluster, tiny_teacher, tmp_path):
     from mlflow.tracking import MlflowClient
     from transformers import AutoTokenizer
@@ -83,7 +109,8 @@ def test_records_tagged_math_are_scored_by_the_math_teacher_only(ray_cluster, ti
     with serve_app(MATH_APP):
         run_id = run_distill(cfg)["run_id"]
         math_info = teacher_handle(MATH_APP).info.remote().result()
-    general_info = general_handle.info.remote().result()
+        general_info = general_handle.info.remote().result()
+        _ensemble_of_the_two_apps(cfg, general_handle, teacher_handle(MATH_APP), tiny_teacher)
 
     # The blocks of each teacher, packed as the ingest packs them (the run's data, in this process).
     tok = AutoTokenizer.from_pretrained(tiny_teacher)

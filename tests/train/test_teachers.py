@@ -118,6 +118,9 @@ def test_prepare_teachers_resolves_every_app_and_refuses_another_tokenizer(tiny_
         prepare_teachers(cfg("/nonexistent/math"), str(tiny_teacher), fp, check_same_vocab)
     with pytest.raises(ConfigError, match="two apps serve the same weights"):
         prepare_teachers(cfg(tiny_teacher), str(tiny_teacher), fp, check_same_vocab)
+    wide = DistillConfig.model_validate({**cfg(tiny_teacher).model_dump(exclude={"teacher"}), "loss": {"top_k": 200}})
+    with pytest.raises(ConfigError, match=r"2 teachers x loss.top_k=200 outcomes exceed the vocabulary \(384\)"):
+        prepare_teachers(wide, str(tiny_teacher), fp, check_same_vocab)
     routed = DistillConfig.model_validate({"teachers": {
         "apps": [{"name": "general", "path": str(tiny_teacher)}, {"name": "math", "path": str(tiny_teacher)}],
         "routing": {"by": "file", "rules": {"*math*": "math"}}}})
