@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 
-from .conftest import TEACHER_APP, deploy_teacher, serve_app
+from .conftest import TEACHER_APP, serve_app
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +75,7 @@ def _ensemble_of_the_two_apps(cfg, general, math, tiny_teacher):
     assert not np.array_equal(each[0].topk_logprobs, each[1].topk_logprobs)  # two different teachers
 
 
-def test_records_tagged_math_are_scored_by_the_math_teacher_only(ray_cluster, tiny_teacher, tmp_path):
+def test_records_tagged_math_are_scored_by_the_math_teacher_only(ray_cluster, teacher_app, tiny_teacher, tmp_path):
     from mlflow.tracking import MlflowClient
     from transformers import AutoTokenizer
 
@@ -90,7 +90,7 @@ def test_records_tagged_math_are_scored_by_the_math_teacher_only(ray_cluster, ti
     from raykd.signals.store import SignalStore, cache_directory
     from raykd.teacher.service import teacher_handle
 
-    general_handle, _ = deploy_teacher(tiny_teacher)  # the session's app, reused (not redeployed) by the run
+    general_handle, _ = teacher_app  # the session's app, reused (not redeployed) by the run as teacher `general`
     math_path = _math_teacher(tiny_teacher, tmp_path / "math-teacher")
     cfg = DistillConfig.model_validate({
         "run_name": "routed", "output_dir": str(tmp_path / "out"),
