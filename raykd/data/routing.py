@@ -63,8 +63,8 @@ class Router:
 
 def pack_routed(encoded: list[Encoded], routes: list[int], fmt: str, seq_len: int, pad_id: int,
                 weighted: bool) -> Packed:
-    """`pack_chunk` per teacher (records in file order within each), blocks concatenated by teacher index;
-    `route` (n,) int8 is each block's teacher."""
+    """`pack_chunk` per teacher (records in file order within each), the teachers' blocks interleaved in
+    proportion; `route` (n,) int8 is each block's teacher."""
     parts: list[Packed] = []
     for teacher in sorted(set(routes)):
         group = [e for e, r in zip(encoded, routes) if r == teacher]
@@ -79,5 +79,10 @@ def pack_routed(encoded: list[Encoded], routes: list[int], fmt: str, seq_len: in
     for p in parts:
         stats = stats.add(p.stats)
     stats.records = len(encoded)
-    cat = (lambda name: np.concatenate([getattr(p, name) for p in parts]))
+    # Interleave the teachers' blocks in proportion (block j of n at (j + 1/2) / n), each teacher's in order: the
+    # stream's held-out tail (its last blocks) then holds every teacher's last records, as the file's end would,
+    # not the last teacher's alone.
+    key = np.concatenate([(np.arange(len(p.ids)) + 0.5) / len(p.ids) for p in parts])
+    order = np.argsort(key, kind="stable")
+    cat = (lambda name: np.concatenate([getattr(p, name) for p in parts])[order])
     return Packed(cat("ids"), cat("mask"), cat("segment"), cat("weight") if weighted else None, stats, cat("route"))

@@ -57,6 +57,9 @@ def test_blocks_hold_the_records_of_one_teacher(fmt):
         alone = pack_chunk([e for e, r in zip(encoded, routes) if r == teacher], fmt, 16, 0, False)
         np.testing.assert_array_equal(mine, alone.ids)  # exactly that teacher's records, packed as usual
     assert packed.stats.records == 40
+    # Interleaved in proportion: the held-out tail of the stream (its last blocks) holds both teachers' last ones.
+    tail = packed.route[-max(2, len(packed.route) // 4):]
+    assert set(tail.tolist()) == {0, 1}
     assert packed.stats.tokens == sum(len(e[0]) for e in encoded)
 
 
