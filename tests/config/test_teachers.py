@@ -87,16 +87,23 @@ def test_every_field_is_described():
     assert TeacherConfig.model_validate(NamedTeacherConfig(name="x").as_teacher().model_dump())
 
 
-def test_cli_refuses_a_negative_weight_before_any_cluster(tmp_path):
-    """`raykd distill` with a negative ensemble weight: one line, exit 2, no MLflow store, nothing built."""
+@pytest.mark.parametrize("teachers, line", [
+    ({"apps": TWO, "ensemble": {"general": 1.2, "math": -0.2}},
+     "teachers.ensemble.math: weight must be a finite number >= 0, got -0.2"),
+    ({"apps": TWO, "routing": {"rules": {"math": None}}},
+     "teachers.routing.rules.math: names no teacher (teachers: general, math)"),
+])
+def test_cli_refuses_bad_teachers_before_any_cluster(tmp_path, teachers, line):
+    """`raykd distill` with a negative ensemble weight or a rule naming no teacher: one line, exit 2, no MLflow
+    store, nothing built."""
     config = tmp_path / "two.yaml"
-    config.write_text(yaml.safe_dump({"teachers": {"apps": TWO, "ensemble": {"general": 1.2, "math": -0.2}}}))
+    config.write_text(yaml.safe_dump({"teachers": teachers, "data": RECORDS}))
     proc = subprocess.run([sys.executable, "-m", "raykd.cli", "distill", "--config", str(config)], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, "RAYKD_CACHE": str(tmp_path / "cache"), "MLFLOW_TRACKING_URI": ""})
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert lines == [f"raykd: error: {config}: teachers.ensemble.math: weight must be a finite number >= 0, got -0.2"]
+    assert lines == [f"raykd: error: {config}: {line}"]
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "cache").exists()
 
 
