@@ -38,6 +38,7 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
     from raykd.train.fit import export_student, fit_student, train_in_run
     from raykd.preflight import distill_write_dirs, preflight
     from raykd.train.rollout_engine import rollout_cpus
+    from raykd.train.teachers import teacher_cpus
 
     preflight(distill_write_dirs(cfg), cfg.mlflow)  # paths and services first: seconds, before any teacher build
     prep = prepare(cfg)
@@ -52,7 +53,7 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
     with tracked_run(uri, cfg.mlflow.experiment, cfg.run_name, params, {"raykd.job": "distill"}) as run_id:
         try:
             started = init_ray(cfg.teacher.num_replicas * cfg.teacher.num_cpus + tc.num_workers * tc.cpus_per_worker
-                               + rollout_cpus(cfg))  # + the student rollout deployment of loss.on_policy.engine vllm
+                               + rollout_cpus(cfg) + teacher_cpus(cfg))  # + the student rollout deployment of loss.on_policy.engine vllm
             trained = train_in_run(cfg, prep, run_id, uri)
             out_root = Path(cfg.output_dir) / cfg.run_name
 

@@ -17,6 +17,7 @@ from raykd.config.base import StrictModel
 from raykd.config.loss import LossConfig, SeqKDConfig
 from raykd.config.on_policy import check_on_policy
 from raykd.config.teacher import TeacherConfig
+from raykd.config.teachers import TeachersConfig, check_teachers
 
 
 class StudentConfig(StrictModel):
@@ -232,6 +233,10 @@ class DistillConfig(StrictModel):
     seed: int = 0
     output_dir: str = Field("outputs", description="Where the final student directory is written.")
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    teachers: TeachersConfig | None = Field(
+        None, description="Several teacher apps, routed per record or ensembled (docs/multi_teacher.md); the first "
+        "is `teacher`. null: the one `teacher`.",
+    )
     student: StudentConfig = Field(default_factory=StudentConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
@@ -244,6 +249,7 @@ class DistillConfig(StrictModel):
     @model_validator(mode="after")
     def _methods(self) -> "DistillConfig":
         """Cross-section checks of the distillation methods (raykd/train/prepare.py checks what needs the models)."""
+        check_teachers(self)  # with `teachers`, `teacher` becomes their primary app
         loss = self.loss
         if self.teacher.backend == "vllm":
             if loss.attention.weight > 0:
@@ -270,7 +276,8 @@ class DistillConfig(StrictModel):
                 raise ValueError("loss.cross_tokenizer: needs student.path (a student derived from the teacher has "
                                  "the teacher's tokenizer)")
             other = {"signals.offline_path": self.signals.offline_path, "signals.loss_chunk_size":
-                     self.signals.loss_chunk_size, "seqkd": self.seqkd.enabled}
+                     self.signals.loss_chunk_size, "seqkd": self.seqkd.enabled,
+                     "teachers (several teachers share the student's tokenizer)": self.teachers is not None}
             bad = [name for name, on in other.items() if on]
             if bad:
                 raise ValueError(f"loss.cross_tokenizer: cannot be combined with {', '.join(bad)}")

@@ -157,6 +157,9 @@ def check_pipeline(cfg: PipelineConfig) -> None:
         owned = [k for k in PIPELINE_OWNED if k in s.distill_overrides()]
         if owned:
             raise ConfigError(f"{stage_label(i, s.name)}.{owned[0]}: set by the pipeline, not per stage")
+        if s.adapt_teacher and (s.distill_overrides().get("teachers") or cfg.defaults.get("teachers")):
+            raise ConfigError(f"{stage_label(i, s.name)}.adapt_teacher: makes one domain teacher; with teachers, "
+                              "name the domain teacher as one of teachers.apps")
         if i > 0 and (s.distill_overrides().get("student") or {}).get("path"):
             raise ConfigError(f"{stage_label(i, s.name)}.student.path: set by the pipeline (the previous stage's student)")
     if (cfg.defaults.get("student") or {}).get("path"):
@@ -187,7 +190,12 @@ def stage_tree(cfg: PipelineConfig, index: int, dataset_sources: dict[str, str] 
     if dataset_sources and stage.dataset in dataset_sources:
         data["source"] = dataset_sources[stage.dataset]
     tree = deep_merge(deep_merge(BASE_DEFAULTS, cfg.defaults), {"data": data})
-    tree = deep_merge(tree, stage.distill_overrides())
+    own = stage.distill_overrides()
+    if "teachers" in own:  # a stage that names its teachers replaces the defaults' single teacher, and back
+        tree.pop("teacher", None)
+    elif "teacher" in own:
+        tree.pop("teachers", None)
+    tree = deep_merge(tree, own)
     tree.update(
         run_name=stage_run_name(cfg, index),
         output_dir=str(Path(cfg.output_dir) / cfg.name),

@@ -18,7 +18,8 @@ The last form sweeps settings that exclude each other (dynamic temperature canno
 temperature schedule) as one dimension; outer keys are applied first, so `loss.temperature` can still be
 swept beside `loss`, as long as no choice of `loss` sets it.
 
-Only `loss.*` and `train.*` (learning rate, warm-up, batch size, ...) can be swept: every trial shares one
+Only `loss.*`, `train.*` (learning rate, warm-up, batch size, ...) and the ensemble weights of several teachers
+(`teachers.ensemble.<name>`, raykd/config/teachers.py) can be swept: every trial shares one
 teacher, one tokenised dataset and one student initialisation, and reports on the same step axis.
 Everything that can be wrong is caught here, with one line naming the key: an empty space, a key the base
 config does not have, a value (or a combination of values) the base config rejects, a metric no trial
@@ -197,6 +198,8 @@ def check_sweep(sweep: SweepConfig, base: DistillConfig) -> None:
         raise ConfigError("loss.on_policy.engine: vllm is not supported in sweeps (trials share no student rollout "
                           "deployment); use engine hf")
     keys = sorted(sweep.space)
+    if base.teachers is not None and len(base.teachers.apps) > 1 and sweep.teacher_per_trial:
+        raise ConfigError("teacher_per_trial: not with several teachers (trials share the teachers' apps)")
     for key in keys:
         _check_key(key, base)
         for value in sweep.space[key].corners():
@@ -257,6 +260,11 @@ def _flat_keys(key: str, value: Any) -> list[str]:
 
 
 def _check_key(key: str, base: DistillConfig) -> None:
+    if key.startswith("teachers.ensemble."):  # one teacher's ensemble weight (raykd/config/teachers.py)
+        from raykd.config.teachers import check_weight_key
+
+        check_weight_key(key, base)
+        return
     if not (key.startswith(SWEEPABLE_PREFIXES) or key + "." in SWEEPABLE_PREFIXES) or key in FIXED_KEYS:
         why = ("it sets resources or the step axis every trial shares" if key in FIXED_KEYS else
                "trials share one teacher, one tokenised dataset and one student initialisation")

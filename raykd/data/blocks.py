@@ -40,16 +40,22 @@ class TokenBlocks:
         return TokenBlocks(self.ids[rows], self.mask[rows], pick(self.weight), pick(self.index))
 
 
-def encode_chunk(chunk: Chunk | dict, cfg: DataConfig, encoder, pad_id: int) -> Packed:
-    """Read, check, tokenize and pack one chunk (what each Ray Data task of the ingest does)."""
+def encode_chunk(chunk: Chunk | dict, cfg: DataConfig, encoder, pad_id: int, router=None) -> Packed:
+    """Read, check, tokenize and pack one chunk (what each Ray Data task of the ingest does). `router`
+    (raykd/data/routing.py, teachers.routing) packs each teacher's records apart and sets `Packed.route`."""
     from raykd.data.records import example_of
 
     c = chunk if isinstance(chunk, Chunk) else Chunk(**chunk)
-    encoded = []
+    encoded, routes = [], []
     for where, raw in read_chunk(c, cfg):
         ex = example_of(raw, cfg, where, c.last_of_file)
         ids, mask = encoder.encode(ex)
         encoded.append((ids, mask, ex.weight, where))
+        routes.append(router(raw, where) if router is not None else 0)
+    if router is not None:
+        from raykd.data.routing import pack_routed
+
+        return pack_routed(encoded, routes, cfg.format, cfg.seq_len, pad_id, cfg.weight_field is not None)
     return pack_chunk(encoded, cfg.format, cfg.seq_len, pad_id, cfg.weight_field is not None)
 
 

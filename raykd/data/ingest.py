@@ -50,18 +50,20 @@ def pad_id(tokenizer) -> int:
 class EncodeChunks:
     """Ray Data actor: chunk specs (one per batch row) → one Arrow row of packed blocks + stats per chunk."""
 
-    def __init__(self, tokenizer_path: str, data: dict, template: str | None):
+    def __init__(self, tokenizer_path: str, data: dict, template: str | None, routing: dict | None = None):
         from transformers import AutoTokenizer
 
         from raykd.data.records import RecordEncoder
+        from raykd.data.routing import Router
 
+        self.router = Router.from_dict(routing) if routing else None  # teachers.routing: blocks per teacher
         self.cfg = DataConfig.model_validate(data)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
         self.encoder = RecordEncoder(tokenizer, self.cfg, template)
         self.pad = pad_id(tokenizer)
 
     def __call__(self, batch):
-        return chunk_table([(row["index"], encode_chunk(row, self.cfg, self.encoder, self.pad))
+        return chunk_table([(row["index"], encode_chunk(row, self.cfg, self.encoder, self.pad, self.router))
                             for row in batch.to_pylist()], self.cfg.weight_field is not None)
 
 
@@ -81,13 +83,15 @@ def chunk_table(parts: list[tuple[int, Any]], weighted: bool):
     }
     if weighted:
         cols["weight"] = flat([p.weight for p in packed], pa.float32())
+    if packed and packed[0].route is not None:  # teachers.routing: each block's teacher (raykd/data/routing.py)
+        cols["route"] = pa.array([p.route for p in packed], type=pa.large_list(pa.int8()))
     for name in STAT_FIELDS:
         cols[name] = pa.array([getattr(p.stats, name) for p in packed])
     return pa.table(cols)
 
 
 def _chunk_stats(table) -> list[dict]:
-    return table.select(["chunk", *STAT_FIELDS]).to_pylist()
+    return table.select(["chunk", *STAT_FIELDS, *(["route"] if "route" in table.column_names else [])]).to_pylist()
 
 
 def _data_error(e: BaseException) -> ConfigError | None:
@@ -113,7 +117,7 @@ def _configure_context(ctx) -> None:
 
 
 def ingest(cfg: DataConfig, tokenizer_path: str, template: str | None, chunks: list[Chunk], field: str = "data",
-           max_actors: int | None = None) -> "BlockData":
+           max_actors: int | None = None, routing: dict | None = None) -> "BlockData":
     """Run the Ray Data pipeline over `chunks` (in the driver up to cfg.driver_ingest_mb); raise the first malformed
     record as a one-line ConfigError."""
     import ray
@@ -122,14 +126,15 @@ def ingest(cfg: DataConfig, tokenizer_path: str, template: str | None, chunks: l
     _configure_context(ctx)
     total_bytes = sum(c.nbytes for c in chunks) or 1
     if total_bytes <= cfg.driver_ingest_mb * 2**20:
-        return _ingest_in_driver(cfg, tokenizer_path, template, chunks, field)
+        return _ingest_in_driver(cfg, tokenizer_path, template, chunks, field, routing)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     actors = max(1, min(len(chunks), max_actors or cpus))
     ds = ray.data.from_items([c.to_dict() for c in chunks], override_num_blocks=len(chunks))
     with warnings.catch_warnings():  # Ray 2.60 deprecates max_restarts as a keyword of map_batches; no named one yet
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         ds = ds.map_batches(EncodeChunks, fn_constructor_kwargs=dict(tokenizer_path=tokenizer_path,
-                                                                     data=cfg.model_dump(), template=template),
+                                                                     data=cfg.model_dump(), template=template,
+                                                                     routing=routing),
                             batch_size=1, batch_format="pyarrow",
                             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors), num_cpus=1,
                             # no restarts: a lost actor fails the ingest (re-run it) instead of Ray printing that
@@ -161,13 +166,13 @@ def ingest(cfg: DataConfig, tokenizer_path: str, template: str | None, chunks: l
 
 
 def _ingest_in_driver(cfg: DataConfig, tokenizer_path: str, template: str | None, chunks: list[Chunk],
-                      field: str) -> "BlockData":
+                      field: str, routing: dict | None = None) -> "BlockData":
     """The same chunk rows as the Ray Data pipeline, made by EncodeChunks in this process (small sources)."""
     import pyarrow as pa
     import ray
 
     progress = Progress(1)
-    encode = EncodeChunks(tokenizer_path, cfg.model_dump(), template)
+    encode = EncodeChunks(tokenizer_path, cfg.model_dump(), template, routing)
     refs, rows = [], []
     for c in chunks:
         table = encode(pa.Table.from_pylist([c.to_dict()]))
@@ -186,6 +191,8 @@ def _block_data(cfg: DataConfig, refs: list, rows: list[dict], seconds: float, f
     counts = np.array([r["blocks"] for r in rows], np.int64)
     data = BlockData(ray.data.from_arrow_refs(refs), counts, cfg.seq_len, stats, cfg.weight_field is not None,
                      seconds=seconds, made_by=where)
+    if rows and "route" in rows[0]:  # teachers.routing: the teacher of every block, in block order
+        data.routes = np.concatenate([np.asarray(r["route"], np.int8) for r in rows]).astype(np.int8)
     data.split(cfg.val_fraction, cfg.max_sequences, field)
     return data
 
@@ -203,6 +210,7 @@ class BlockData:
     made_by: str = "Ray Data"  # or "in the driver" (small sources: raykd/config DataConfig.driver_ingest_mb)
     n_train: int = 0  # blocks trained on: 0..n_train-1
     n_val: int = 0  # held-out blocks: the last n_val of the stream
+    routes: np.ndarray | None = None  # (n_blocks,) int8 teacher of each block (teachers.routing), else None
 
     @property
     def n_blocks(self) -> int:

@@ -53,6 +53,7 @@ class Packed:
     segment: np.ndarray  # (n, L) int16: record number within the block from 1, 0 = padding
     weight: np.ndarray | None  # (n, L) float32 per-token sample weights, or None
     stats: PackStats
+    route: np.ndarray | None = None  # (n,) int8 teacher of each block (teachers.routing: raykd/data/routing.py)
 
 
 def pack_chunk(encoded: list[Encoded], fmt: str, seq_len: int, pad_id: int, weighted: bool) -> Packed:

@@ -283,8 +283,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     uri = resolve_tracking_uri(cfg.mlflow)
     from raykd.train.rollout_engine import rollout_cpus
 
+    from raykd.train.teachers import teacher_cpus
+
     cpus = max(s.cfg.teacher.num_replicas * s.cfg.teacher.num_cpus + s.cfg.train.num_workers * s.cfg.train.cpus_per_worker
                + rollout_cpus(s.cfg) for s in plan.stages)
+    cpus += sum(teacher_cpus(s.cfg) for s in plan.stages)  # stages' other teacher apps (logical CPUs; they stay up)
     tags = {"raykd.job": "pipeline", "raykd.pipeline": cfg.name, "raykd.stages": ",".join(s.name for s in cfg.stages)}
     started = False
     with tracked_run(uri, cfg.mlflow.experiment, cfg.name, _pipeline_params(cfg), tags) as parent_id:

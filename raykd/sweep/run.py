@@ -61,6 +61,9 @@ def logical_cpus(sweep: SweepConfig, base: DistillConfig) -> float:
     restarts = total_trials(sweep)
     if sweep.scheduler == "pbt":  # at most every trial at every interval
         restarts += sweep.num_samples * (tc.max_steps // sweep.pbt.perturbation_interval)
+    from raykd.train.teachers import teacher_cpus
+
+    teacher += teacher_cpus(base)  # the other apps of `teachers` (routing or ensemble)
     return teacher + sweep.max_concurrent_trials * per_trial + restarts * workers
 
 
@@ -170,6 +173,11 @@ def _shared_inputs(sweep: SweepConfig, base: DistillConfig, prep) -> dict[str, A
     student_ref, n_params = student_init_ref(base, prep.teacher_path)
     say(f"deploying the shared teacher ({base.teacher.backend}) as Serve app '{base.teacher.app_name}'")
     handle = launch_teacher(base.teacher, prep.teacher_path, prep.fingerprint)
+    if base.teachers is not None and len(base.teachers.apps) > 1:  # every trial shares the other apps too
+        from raykd.train.teachers import launch_teachers
+
+        say(f"deploying the shared teachers {', '.join(base.teachers.names[1:])}")
+        launch_teachers(base, list(prep.teachers))
     info = handle.info.remote().result()
     vocab = ray.get(student_ref)[0].vocab_size
     for key, cfg in _corner_configs(sweep, base):  # e.g. top-k against a vLLM teacher's max_logprobs

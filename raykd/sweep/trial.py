@@ -123,7 +123,8 @@ def run_trial(params: dict[str, Any], shared: TrialShared) -> None:
                          parent_run_id=shared.parent_run_id) as run_id:
             queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
             loop = LoopConfig(cfg, student_ref=shared.student_ref, val_ref=shared.val_ref, run_id=run_id,
-                              tracking_uri=shared.tracking_uri, init_checkpoint=None if start_dir is None else str(start_dir))
+                              tracking_uri=shared.tracking_uri, init_checkpoint=None if start_dir is None else str(start_dir),
+                              block_routes=getattr(shared.data, "routes", None))  # teachers.routing
             errors: list[BaseException] = []
             runner = threading.Thread(target=_fit, args=(cfg, train_name, shared.train_storage, loop, shared.data,
                                                          queue, errors),

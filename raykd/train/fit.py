@@ -168,6 +168,12 @@ def train_in_run(cfg: DistillConfig, prep: Prepared, run_id: str, uri: str, trai
     info = handle.info.remote().result()
     check_teacher_info(cfg, info, student_vocab=ray.get(student_ref)[0].vocab_size)
     log_teacher_scoring(info, run_id, uri)
+    if cfg.teachers is not None and len(cfg.teachers.apps) > 1:  # the other teacher apps (raykd/train/teachers.py)
+        from raykd.train.teachers import launch_teachers
+
+        say(f"deploying teachers {', '.join(cfg.teachers.names[1:])}")
+        for other in launch_teachers(cfg, list(prep.teachers))[1:]:
+            check_teacher_info(cfg, other.info.remote().result(), student_vocab=ray.get(student_ref)[0].vocab_size)
     op = cfg.loss.on_policy
     if op.enabled and op.engine == "vllm":  # the student rollout deployment (raykd/train/rollout_engine.py)
         from raykd.train.rollout_engine import launch_rollout_engine
@@ -181,7 +187,9 @@ def train_in_run(cfg: DistillConfig, prep: Prepared, run_id: str, uri: str, trai
 
         prompts = data.take(0, min(data.n_train, cfg.seqkd.max_prompts or data.n_train))
         train_data = BlockData.from_arrays(teacher_sequences(handle, prompts, cfg.seqkd))
-    loop = LoopConfig(cfg, student_ref=student_ref, run_id=run_id, tracking_uri=uri)
+    routes = getattr(train_data, "routes", None)  # teachers.routing: each block's teacher
+    loop = LoopConfig(cfg, student_ref=student_ref, run_id=run_id, tracking_uri=uri,
+                      block_routes=ray.put(routes) if routes is not None else None)
     how = f"{tc.strategy}, {tc.precision}" + (f", {tc.grad_accum_steps} micro-batches per step" if tc.grad_accum_steps > 1
                                               else "") + (", activation checkpointing" if tc.activation_checkpointing else "")
     say(f"training student ({student_params:,} params) on {tc.num_workers} worker(s) ({how}), {tc.max_steps} steps")

@@ -59,7 +59,7 @@ def train_loop_per_worker(config: dict) -> None:
     from raykd.train.batches import step_batches
     from raykd.train.integrity import whole_checkpoint
     from raykd.train.prefetch import SignalPrefetcher
-    from raykd.train.signal_source import signal_source
+    from raykd.train.teachers import worker_signal_source
     from raykd.train.student import MicroBatch, StudentTrainer
 
     loop = LoopConfig.from_train_loop_config(config)
@@ -96,8 +96,9 @@ def train_loop_per_worker(config: dict) -> None:
     if use_teacher:
         handle = teacher_handle(cfg.teacher.app_name)
         extras = objective.teacher_extras()  # hidden states / attention maps for those terms, else None
-        # From the cache, else offline shards, else the live teacher, packed on the wire.
-        source = signal_source(cfg, handle, extras)
+        # From the cache, else offline shards, else the live teacher, packed on the wire; with several
+        # teachers, routed per block or ensembled (raykd/train/teachers.py).
+        source = worker_signal_source(cfg, handle, extras, loop.block_routes)
         submit = source.submit
         if cfg.loss.cross_tokenizer is not None:  # another tokenizer: the teacher scores its own tokens of the text
             from raykd.train.cross_signals import cross_submit
@@ -112,7 +113,8 @@ def train_loop_per_worker(config: dict) -> None:
     batches = step_batches(list(loop.data_windows), tc.batch_size * accum, start_step, rank=rank,
                            trace_dir=loop.batch_trace)
     # Data batches are scored when their loss uses the teacher (on-policy with alpha 0: hard labels off-policy).
-    data_submit = submit and off_policy_needs_teacher(cfg) and (lambda b: submit(b.ids)) or None
+    step_submit = getattr(source, "submit_step", None) or (lambda b: submit(b.ids))
+    data_submit = submit and off_policy_needs_teacher(cfg) and step_submit or None
     rollouts = None
     if use_teacher and cfg.loss.on_policy.enabled:  # on-policy steps: the student writes (raykd/train/rollouts.py)
         from raykd.train.rollouts import OnPolicyRollouts, teacher_score_fn

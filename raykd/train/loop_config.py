@@ -31,6 +31,7 @@ class LoopConfig:
     progress: Any = None  # ray.util.queue.Queue the driver draws rank 0's progress from (raykd/train/progress.py)
     data_windows: tuple = ()  # step ranges (s0, s1) of the datasets train.0, train.1, ... (raykd/train/batches.py)
     batch_trace: str | None = None  # the driver's RAYKD_BATCH_TRACE: workers log each step's blocks there
+    block_routes: Any = None  # teachers.routing: ObjectRef of (n_blocks,) int8, each block's teacher
 
     def to_train_loop_config(self) -> dict[str, Any]:
         return {**{f.name: getattr(self, f.name) for f in fields(self)}, "cfg": self.cfg.model_dump()}

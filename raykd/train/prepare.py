@@ -29,6 +29,7 @@ class Prepared:
     chat_template: str | None = None  # data.chat_template's text (None: the tokenizer's, or not chat)
     field: str = "data"
     tokenizer_path: str | None = None  # whose tokenizer the data uses: student.path with loss.cross_tokenizer
+    teachers: tuple = ()  # teachers: every app resolved (raykd/train/teachers.py ResolvedTeacher), primary first
 
     @property
     def data_tokenizer_path(self) -> str:
@@ -79,8 +80,13 @@ def prepare(cfg: DistillConfig, field: str = "data") -> Prepared:
         from raykd.signals.store import check_offline
 
         check_offline(cfg.signals.offline_path, fingerprint, cfg.loss.top_k, t_config.vocab_size)
-    return Prepared(teacher_path, fingerprint, tokenizer, chunks, template, field,
+    prep = Prepared(teacher_path, fingerprint, tokenizer, chunks, template, field,
                     tokenizer_path if tokenizer_path != teacher_path else None)
+    if cfg.teachers is not None:  # the other teacher apps: resolved, built if tiny, same tokenizer as the primary
+        from raykd.train.teachers import prepare_teachers
+
+        prep.teachers = tuple(prepare_teachers(cfg, teacher_path, fingerprint, check_same_vocab))
+    return prep
 
 
 def check_data(cfg: DistillConfig, tokenizer, teacher_path: str, chunks: list, field: str = "data") -> str | None:
@@ -109,8 +115,11 @@ def ingest_data(cfg: DistillConfig, prep: Prepared):
     """The training data in the object store (raykd/data/ingest.py BlockData); Ray must be up. Prints a summary."""
     from raykd.console import say
     from raykd.data.ingest import ingest
+    from raykd.data.routing import Router
 
-    data = ingest(cfg.data, prep.data_tokenizer_path, prep.chat_template, prep.chunks, prep.field)
+    router = Router.of(cfg)  # teachers.routing: blocks packed per teacher, each block's teacher in data.routes
+    data = ingest(cfg.data, prep.data_tokenizer_path, prep.chat_template, prep.chunks, prep.field,
+                  routing=router.to_dict() if router else None)
     say(f"data: {data.describe()} ({data.made_by}, {data.seconds:.1f}s)")
     return data
 
