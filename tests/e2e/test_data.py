@@ -5,7 +5,7 @@ GSM8K as chat records trained with the loss on the answers only, scored by the t
 
 Both join the session cluster (tests/e2e/conftest.py); the chat run reuses its deployed tiny teacher, which has
 no chat template of its own: the run gives one (data.chat_template, a .jinja file). The killed-and-resumed run
-that consumes every sample is tests/e2e/test_distill.py's resume test (it owns a cluster, to kill it).
+that consumes every sample is tests/e2e/test_faults.py (a stopped run resumed on a cluster of its own).
 """
 
 import itertools

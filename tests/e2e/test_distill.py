@@ -1,25 +1,20 @@
 """`raykd distill` end to end: teacher on Serve -> 2 Train workers -> MLflow -> evaluation table; what the
-console shows; a worker's error reaching the user; a killed run resuming from its last checkpoint.
+console shows; a worker's error reaching the user. (A stopped run resuming from its last checkpoint:
+tests/e2e/test_faults.py; a SIGKILLed one: tests/e2e/test_pipeline.py.)
 
     pytest -m slow tests/e2e/test_distill.py
 
-All three join the session cluster and its teacher (tests/e2e/conftest.py); the resumed run starts an embedded
-cluster of its own.
+Both join the session cluster and its teacher (tests/e2e/conftest.py).
 """
 
-import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import textwrap
-import time
-from pathlib import Path
 
 import pytest
 
-from .conftest import QUICKSTART, TINY_DISTILL, own_cluster_env
+from .conftest import QUICKSTART, TINY_DISTILL
 
 pytestmark = pytest.mark.slow
 
@@ -134,74 +129,3 @@ def test_an_error_inside_a_worker_reaches_the_console(tmp_path, tiny_teacher, te
     assert "raykd: Ray's logs of this run (workers, teacher replicas): " in proc.stderr.splitlines()[-1]
     _, runs = _runs(tmp_path)
     assert [r.info.status for r in runs] == ["FAILED"]
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except (FileNotFoundError, UnicodeDecodeError):
-        return ""
-
-
-def test_killed_run_resumes_from_last_checkpoint(tmp_path, tiny_teacher, teacher_app, cluster_env):
-    """A run on the session cluster, its driver SIGKILLed after the first registered checkpoint (Ray ends a dead
-    driver's job: its Train controller and workers go with it); the same command, on a new embedded cluster (the
-    old one lost, as a machine is), continues the MLflow run from that checkpoint and trains none of the earlier
-    steps again."""
-    cmd = [sys.executable, "-m", "raykd.cli", "distill", "--config", str(QUICKSTART), "run_name=resume",
-           f"teacher.path={tiny_teacher}", *TINY_DISTILL, "train.max_steps=40", "train.log_every=5",
-           "train.checkpoint_every=10", "eval.baseline=false", "mlflow.experiment=e2e"]
-    env = {**cluster_env, "RAYKD_BATCH_TRACE": str(tmp_path / "trace")}  # every step's blocks
-    ckpt_root = tmp_path / "cache" / "runs" / "resume"
-    first_log = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=first_log, stderr=subprocess.STDOUT,
-                             start_new_session=True)
-    deadline = time.time() + 600
-    # Kill once Ray Train has *registered* a checkpoint (its snapshot names it), not when the checkpoint folder
-    # first appears: a run killed in between has nothing to resume from and rightly starts again.
-    snapshot = ckpt_root / "checkpoint_manager_snapshot.json"
-    while time.time() < deadline and first.poll() is None and "checkpoint_" not in _read(snapshot):
-        time.sleep(0.2)
-    assert first.poll() is None, "the first run ended early:\n" + (tmp_path / "first.log").read_text()[-4000:]
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
-    first_log.close()
-
-    restart = time.time() * 1000
-    own = {**own_cluster_env(tmp_path), "RAYKD_BATCH_TRACE": str(tmp_path / "trace")}  # same stores, no RAY_ADDRESS
-    second = subprocess.run(cmd, cwd=tmp_path, env=own, capture_output=True, text=True, timeout=900)
-    assert second.returncode == 0, second.stderr[-4000:]
-    assert "resuming from step" in second.stderr, second.stderr[-3000:]
-    resumed_step = int(second.stderr.split("resuming from step ")[1].split()[0])
-    assert 10 <= resumed_step < 40  # the killed run had not finished
-    assert_readable_console(second)  # an embedded cluster's start (and its teacher's deployment) says nothing either
-
-    client, runs = _runs(tmp_path)
-    assert len(runs) == 1  # the killed MLflow run was continued, not duplicated
-    assert runs[0].info.status == "FINISHED" and runs[0].data.tags.get("raykd.resumed") == "true"
-    # Training went on from the checkpoint: the resumed run's first logged step is the next log step after it,
-    # nothing before it was trained again, and the history reaches the end.
-    resumed = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss") if m.timestamp >= restart)
-    assert resumed[0] == resumed_step + 5 and resumed[-1] == 40, resumed
-
-    # Every sample the uninterrupted run trains on was trained on: the killed run's steps before the checkpoint
-    # and the resumed run's from it cover every (step, worker), each with the blocks of the seeded order
-    # (raykd/data/order.py; tests/e2e/test_data.py checks the Ray Data path yields exactly that order).
-    from raykd.data.order import batch_indices
-
-    n_train = int(runs[0].data.metrics["data_train_blocks"])
-    seen: dict[tuple[int, int], list[list[int]]] = {}
-    for f in (tmp_path / "trace").glob("rank*.jsonl"):
-        for line in f.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except ValueError:  # the line the SIGKILL cut short
-                continue
-            seen.setdefault((r["step"], r["rank"]), []).append(r["index"])
-    assert sorted(seen) == [(s, r) for s in range(40) for r in range(2)]
-    for r in range(2):
-        order = batch_indices(n_train, 8, 2, r, 0, 0)
-        for s in range(40):
-            expected = next(order).tolist()
-            assert all(got == expected for got in seen[(s, r)]), (s, r)
-        assert len(seen[(resumed_step, r)]) >= 1 and all(len(seen[(s, r)]) == 1 for s in range(resumed_step))

@@ -1,7 +1,7 @@
 """Faults without a human: a SIGKILLed Train worker is replaced by Ray Train (train.max_failures) and the run
 finishes on its own, bit for bit as an uninterrupted run, every sample consumed exactly once; SIGTERM to a
-driver ends it cleanly (exit 143, MLflow run KILLED, no process left), and its embedded cluster listens on
-loopback only.
+driver ends it cleanly (exit 143, MLflow run KILLED, no process left), its embedded cluster listens on
+loopback only, and the same command resumes the run from its last checkpoint, every sample trained once.
 
     pytest -m slow tests/e2e/test_faults.py
 
@@ -158,25 +158,32 @@ def _listening(pids: list[int]) -> list[tuple[str, str, int]]:
     return out
 
 
-def test_sigterm_to_a_driver_with_its_own_cluster_ends_it_cleanly(tmp_path, tiny_teacher):
+def test_sigterm_ends_a_driver_cleanly_and_the_same_command_resumes(tmp_path, tiny_teacher):
     """`raykd distill` on an embedded cluster (a laptop run) gets SIGTERM mid-training (a preemption): while it
     runs nothing of it listens outside 127.0.0.0/8; then it exits 143 with one line, the MLflow run is KILLED,
-    and no process of its cluster is left (Ray and Serve shut down). That the same command then resumes from the
-    last checkpoint is tests/e2e/test_distill.py's driver-kill test."""
+    and no process of its cluster is left (Ray and Serve shut down). The same command, on a new embedded
+    cluster, continues that MLflow run from the last registered checkpoint and trains every sample of the
+    uninterrupted run exactly once (2 workers; the batch trace of raykd/train/batches.py). A driver SIGKILLed
+    with no clean-up at all resumes in tests/e2e/test_pipeline.py."""
     import psutil
     from mlflow.tracking import MlflowClient
 
-    from .conftest import own_cluster_env
+    from raykd.data.order import batch_indices
 
+    from .conftest import own_cluster_env
+    from .test_distill import assert_readable_console
+
+    steps, every, log_every = 60, 10, 5
     cmd = [sys.executable, "-m", "raykd.cli", "distill", "--config", str(QUICKSTART), "run_name=preempted",
-           f"teacher.path={tiny_teacher}", *TINY_DISTILL, "train.max_steps=2000", f"train.checkpoint_every={EVERY}",
-           "train.log_every=50", "eval.baseline=false", "mlflow.experiment=faults"]
-    env = own_cluster_env(tmp_path)
+           f"teacher.path={tiny_teacher}", *TINY_DISTILL, f"train.max_steps={steps}", f"train.checkpoint_every={every}",
+           f"train.log_every={log_every}", "eval.baseline=false", "mlflow.experiment=faults"]
+    env = {**own_cluster_env(tmp_path), "RAYKD_BATCH_TRACE": str(tmp_path / "trace")}  # every step's blocks
     log = (tmp_path / "driver.log").open("w")
     driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     snapshot = tmp_path / "cache" / "runs" / "preempted" / "checkpoint_manager_snapshot.json"
     deadline = time.time() + 600
     try:
+        # Stop once Ray Train has *registered* a checkpoint (its snapshot names it).
         while time.time() < deadline and driver.poll() is None and "checkpoint_" not in _read(snapshot):
             time.sleep(0.2)
         assert driver.poll() is None, "the run ended early:\n" + _read(tmp_path / "driver.log")[-4000:]
@@ -193,8 +200,8 @@ def test_sigterm_to_a_driver_with_its_own_cluster_ends_it_cleanly(tmp_path, tiny
     assert output.splitlines()[-1] == "raykd: stopped by SIGTERM; the same command resumes from the last checkpoint"
     assert "Traceback" not in output
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
-    runs = client.search_runs([client.get_experiment_by_name("faults").experiment_id])
-    assert [r.info.status for r in runs] == ["KILLED"]
+    experiment = client.get_experiment_by_name("faults").experiment_id
+    assert [r.info.status for r in client.search_runs([experiment])] == ["KILLED"]
     time.sleep(2)  # Ray's daemons exit on their own once the driver's shutdown reached them
     left = [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert left == [], [psutil.Process(p).cmdline()[:2] for p in left if psutil.pid_exists(p)]
@@ -203,3 +210,39 @@ def test_sigterm_to_a_driver_with_its_own_cluster_ends_it_cleanly(tmp_path, tiny
     # worker binds every interface (torch has no bind address for it; docs/faults.md).
     outside = [s for s in listening if not _loopback(s[1])]
     assert all(name == "ray::RayTrainWorker" for name, _, _ in outside), outside
+
+    # The same command again: it continues the run from the checkpoint.
+    restart = time.time() * 1000
+    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert "resuming from step" in second.stderr, second.stderr[-3000:]
+    resumed_step = int(second.stderr.split("resuming from step ")[1].split()[0])
+    assert every <= resumed_step < steps  # the stopped run had not finished
+    assert_readable_console(second)  # an embedded cluster's start (and its teacher's deployment) says nothing either
+    runs = client.search_runs([experiment])
+    assert len(runs) == 1  # the stopped MLflow run was continued, not duplicated
+    assert runs[0].info.status == "FINISHED" and runs[0].data.tags.get("raykd.resumed") == "true"
+    # Training went on from the checkpoint: the resumed run's first logged step is the next log step after it,
+    # nothing before it was trained again, and the history reaches the end.
+    resumed = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss") if m.timestamp >= restart)
+    assert resumed[0] == resumed_step + log_every and resumed[-1] == steps, resumed
+
+    # Every sample the uninterrupted run trains on was trained on: the stopped run's steps before the checkpoint
+    # and the resumed run's from it cover every (step, worker), each with the blocks of the seeded order
+    # (raykd/data/order.py; tests/e2e/test_data.py checks the Ray Data path yields exactly that order).
+    n_train = int(runs[0].data.metrics["data_train_blocks"])
+    seen: dict[tuple[int, int], list[list[int]]] = {}
+    for f in (tmp_path / "trace").glob("rank*.jsonl"):
+        for line in f.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:  # a line the stop cut short
+                continue
+            seen.setdefault((r["step"], r["rank"]), []).append(r["index"])
+    assert sorted(seen) == [(s, r) for s in range(steps) for r in range(2)]
+    for r in range(2):
+        order = batch_indices(n_train, 8, 2, r, 0, 0)
+        for s in range(steps):
+            expected = next(order).tolist()
+            assert all(got == expected for got in seen[(s, r)]), (s, r)
+        assert len(seen[(resumed_step, r)]) >= 1 and all(len(seen[(s, r)]) == 1 for s in range(resumed_step))

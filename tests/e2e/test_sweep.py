@@ -1,6 +1,6 @@
 """Real sweeps: the `raykd sweep` command in a child process joined to the session cluster and its teacher
 (tests/e2e/conftest.py), on conftest's tiny teacher, with the example configs shrunk: 30 steps, reports every 10.
-ASHA + PBT, best-config re-run, resume.
+ASHA (interrupted with Ctrl-C, resumed, its best config re-run) and PBT.
 """
 
 from __future__ import annotations
@@ -46,21 +46,52 @@ def _children(runs, parent):
     return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
 
 
-def test_asha_sweep_tracks_trials_and_its_best_config_reproduces(tmp_path, tiny_teacher, teacher_app, cluster_env) -> None:
-    proc = subprocess.run(_sweep_cmd(ASHA_YAML, tmp_path, tiny_teacher, "asha", "num_samples=4", "asha.grace_period=10"),
-                          cwd=tmp_path, env=cluster_env, capture_output=True, text=True, timeout=1800)
+def test_asha_sweep_interrupted_resumed_tracked_and_its_best_config_reproduces(tmp_path, tiny_teacher, teacher_app,
+                                                                             cluster_env) -> None:
+    # Through jobs/sweep.py, the `ray job submit` entrypoint (tests/e2e/test_job_submit.py submits jobs/distill.py).
+    # Ctrl-C once a trial has checkpointed; the same command refuses to start over; `--resume` finishes the sweep.
+    cmd = _sweep_cmd(ASHA_YAML, tmp_path, tiny_teacher, "asha", "num_samples=4", "asha.grace_period=10",
+                     entry=(str(ROOT / "jobs" / "sweep.py"),))
+    log = tmp_path / "first.log"
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=cluster_env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    exp_dir = tmp_path / "sweeps" / "asha"
+    deadline = time.time() + 1200
+    while not list(exp_dir.glob("*/checkpoint_*")) and first.poll() is None and time.time() < deadline:
+        time.sleep(1)
+    assert first.poll() is None, "the sweep ended before it could be interrupted"
+    first.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves the experiment and stops the trials
+    first.wait(timeout=300)
+    err = log.read_text()
+    assert first.returncode == 130, err[-4000:]
+    assert "--resume" in err.splitlines()[-1]
+
+    again = subprocess.run(cmd, cwd=tmp_path, env=cluster_env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "pass --resume" in again.stderr
+
+    proc = subprocess.run([*cmd, "--resume"], cwd=tmp_path, env=cluster_env, capture_output=True, text=True,
+                          timeout=1800)
     assert proc.returncode == 0, proc.stderr[-6000:]
+    assert "resuming sweep asha" in proc.stderr
     assert proc.stderr.count("deploying the shared teacher") == 1
+    # Each trial's results continue from its checkpoint: no step is reported twice.
+    for progress in exp_dir.glob("*/progress.csv"):
+        import csv
+
+        steps = [int(float(row["step"])) for row in csv.DictReader(progress.open())]
+        assert steps == sorted(set(steps)), (progress, steps)
 
     out = tmp_path / "out" / "asha"
     table = (out / "results.md").read_text().splitlines()
     assert len(table) == 2 + 4 and sum("**best**" in line for line in table) == 1
     client, runs = _mlflow(tmp_path)
-    parent = next(r for r in runs if r.info.run_name == "asha")
+    parents = [r for r in runs if r.info.run_name == "asha"]
+    assert len(parents) == 1  # the same parent run, continued
+    parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.params["scheduler"] == "asha"
     assert {"results.md", "best.yaml", "curves.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     children = _children(runs, parent)
     assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    assert any(c.data.tags.get("raykd.resumed") == "true" for c in children)
     for child in children:
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
         assert steps == sorted(steps) and steps[0] == 10 and steps[-1] == int(child.data.tags["raykd.sweep.final_step"])
@@ -110,42 +141,3 @@ def test_pbt_sweep_copies_checkpoints_and_records_the_schedule(tmp_path, tiny_te
     children = _children(runs, parent)
     assert len(children) == 2  # a PBT restart continues its trial's run, it does not open another
     assert any(c.data.tags.get("raykd.resumed") == "true" for c in children)
-
-
-def test_interrupted_sweep_resumes_where_it_stopped(tmp_path, tiny_teacher, teacher_app, cluster_env) -> None:
-    # Through jobs/sweep.py, the `ray job submit` entrypoint (tests/e2e/test_job_submit.py submits jobs/distill.py).
-    cmd = _sweep_cmd(ASHA_YAML, tmp_path, tiny_teacher, "resume", "num_samples=2", "scheduler=fifo",
-                     "base.train.max_steps=40", entry=(str(ROOT / "jobs" / "sweep.py"),))
-    log = tmp_path / "first.log"
-    first = subprocess.Popen(cmd, cwd=tmp_path, env=cluster_env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
-    exp_dir = tmp_path / "sweeps" / "resume"
-    deadline = time.time() + 1200
-    while not list(exp_dir.glob("*/checkpoint_*")) and first.poll() is None and time.time() < deadline:
-        time.sleep(2)
-    assert first.poll() is None, "the sweep ended before it could be interrupted"
-    first.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves the experiment and stops the trials
-    first.wait(timeout=300)
-    err = log.read_text()
-    assert first.returncode == 130, err[-4000:]
-    assert "--resume" in err.splitlines()[-1]
-
-    again = subprocess.run(cmd, cwd=tmp_path, env=cluster_env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 2 and "pass --resume" in again.stderr
-
-    resumed = subprocess.run([*cmd, "--resume"], cwd=tmp_path, env=cluster_env, capture_output=True, text=True,
-                             timeout=1800)
-    assert resumed.returncode == 0, resumed.stderr[-6000:]
-    assert "resuming sweep resume" in resumed.stderr
-    # Each trial's results continue from its checkpoint: no step is reported twice, every trial reaches 40.
-    for progress in exp_dir.glob("*/progress.csv"):
-        import csv
-
-        steps = [int(float(row["step"])) for row in csv.DictReader(progress.open())]
-        assert steps == sorted(set(steps)) and steps[-1] == 40, (progress, steps)
-    client, runs = _mlflow(tmp_path)
-    parents = [r for r in runs if r.info.run_name == "resume"]
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # the same parent run, continued
-    children = _children(runs, parents[0])
-    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
-    assert any(c.data.tags.get("raykd.resumed") == "true" for c in children)
-    assert (tmp_path / "out" / "resume" / "best.yaml").exists()
