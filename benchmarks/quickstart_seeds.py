@@ -82,6 +82,8 @@ def read_metrics(store: Path, seed: int) -> dict[str, float]:
     m = runs[0].data.metrics
     out = {}
     for short, name in MODELS.items():
+        if f"eval_{name}_heldout_loss" not in m:  # no teacher row when the student has another tokenizer
+            continue
         out[f"{short}_loss"] = m[f"eval_{name}_heldout_loss"]
         for lv in LEVELS:
             key = f"eval_{name}_task_em_L{lv}"

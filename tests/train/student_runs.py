@@ -94,8 +94,12 @@ def train_case(teacher: Path, rank: int = 0, world: int = 1, *, resume_at: int |
                         if f.is_file() and not (ckpt / f.relative_to(Path(tmp) / "rank0")).exists():
                             (ckpt / f.relative_to(Path(tmp) / "rank0")).parent.mkdir(parents=True, exist_ok=True)
                             (ckpt / f.relative_to(Path(tmp) / "rank0")).write_bytes(f.read_bytes())
-                    for f in Path(tmp).glob("rank*/dcp/*.distcp"):  # the other ranks' shards (Ray merges them)
-                        (ckpt / "dcp" / f.name).write_bytes(f.read_bytes())
+                    # The other ranks' shards (Ray merges them), each read from the directory of the rank that
+                    # wrote it: another rank's directory also receives copies, being written at this moment.
+                    for r in range(world):
+                        for f in (Path(tmp) / f"rank{r}" / "dcp").glob(f"__{r}_*.distcp"):
+                            if r != rank:
+                                (ckpt / "dcp" / f.name).write_bytes(f.read_bytes())
                     dist.barrier()
                 trainer = build()
                 assert trainer.load(ckpt) == step
