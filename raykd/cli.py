@@ -90,6 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if not is_verbose():  # before anything imports transformers (a teacher build runs before Ray starts)
+        import logging
+
+        from raykd.cluster import QUIET_LOGGERS
+
+        for name in ("torchao", "torch.utils._pytree"):
+            logging.getLogger(name).setLevel(QUIET_LOGGERS[name])
     from raykd.config import ConfigError
 
     try:
