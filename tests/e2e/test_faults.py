@@ -36,6 +36,27 @@ def _read(path: Path) -> str:
         return ""
 
 
+def _assert_every_sample_once(trace: Path, n_train: int, steps: int, resumed: int) -> None:
+    """The batch trace (RAYKD_BATCH_TRACE, 2 workers, 8 rows each) of a run interrupted and resumed at step
+    `resumed`: every (step, worker) has the blocks of the seeded order (raykd/data/order.py), and every step
+    before `resumed` was trained exactly once (after it, the interrupted run's last steps may repeat)."""
+    from raykd.data.order import batch_indices
+
+    seen: dict[tuple[int, int], list[list[int]]] = {}
+    for f in trace.glob("rank*.jsonl"):
+        for line in f.read_text().splitlines():
+            if line.endswith("}"):  # a line the kill cut short is not a consumed batch
+                r = json.loads(line)
+                seen.setdefault((r["step"], r["rank"]), []).append(r["index"])
+    assert sorted(seen) == [(s, r) for s in range(steps) for r in range(2)]
+    for r in range(2):
+        order = batch_indices(n_train, 8, 2, r, 0, 0)
+        for s in range(steps):
+            expected = next(order).tolist()
+            assert all(got == expected for got in seen[(s, r)]), (s, r)
+        assert all(len(seen[(s, r)]) == 1 for s in range(resumed))
+
+
 def _train_workers() -> list:
     """Ray Train worker processes of this session's cluster (descendants of this process: the raylet's workers),
     by the process title Ray gives them; the run under test is the only training at that moment."""
@@ -85,7 +106,6 @@ def test_a_killed_train_worker_is_replaced_and_the_run_ends_as_an_uninterrupted_
     from mlflow.tracking import MlflowClient
     from safetensors.torch import load_file
 
-    from raykd.data.order import batch_indices
     from raykd.distill import run_distill
 
     trace = tmp_path / "trace"
@@ -115,19 +135,7 @@ def test_a_killed_train_worker_is_replaced_and_the_run_ends_as_an_uninterrupted_
     n_train = int(run.data.metrics["data_train_blocks"])
     # Exactly once: the steps before the checkpoint were trained once, the rest at least once (those between
     # the checkpoint and the kill were trained again after it), each with the blocks of the seeded order.
-    seen: dict[tuple[int, int], list[list[int]]] = {}
-    for f in trace.glob("rank*.jsonl"):
-        for line in f.read_text().splitlines():
-            if line.endswith("}"):  # a line the SIGKILL cut short is not a consumed batch
-                r = json.loads(line)
-                seen.setdefault((r["step"], r["rank"]), []).append(r["index"])
-    assert sorted(seen) == [(s, r) for s in range(STEPS) for r in range(2)]
-    for r in range(2):
-        order = batch_indices(n_train, 8, 2, r, 0, 0)
-        for s in range(STEPS):
-            expected = next(order).tolist()
-            assert all(got == expected for got in seen[(s, r)]), (s, r)
-        assert all(len(seen[(s, r)]) == 1 for s in range(resumed))
+    _assert_every_sample_once(trace, n_train, STEPS, resumed)
 
     # The same config without the fault: the final weights are the same, bit for bit (fp32 on CPU).
     clean = run_distill(_cfg(tmp_path, "clean", tiny_teacher))
@@ -167,8 +175,6 @@ def test_sigterm_ends_a_driver_cleanly_and_the_same_command_resumes(tmp_path, ti
     with no clean-up at all resumes in tests/e2e/test_pipeline.py."""
     import psutil
     from mlflow.tracking import MlflowClient
-
-    from raykd.data.order import batch_indices
 
     from .conftest import own_cluster_env
     from .test_distill import assert_readable_console
@@ -231,18 +237,4 @@ def test_sigterm_ends_a_driver_cleanly_and_the_same_command_resumes(tmp_path, ti
     # and the resumed run's from it cover every (step, worker), each with the blocks of the seeded order
     # (raykd/data/order.py; tests/e2e/test_data.py checks the Ray Data path yields exactly that order).
     n_train = int(runs[0].data.metrics["data_train_blocks"])
-    seen: dict[tuple[int, int], list[list[int]]] = {}
-    for f in (tmp_path / "trace").glob("rank*.jsonl"):
-        for line in f.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except ValueError:  # a line the stop cut short
-                continue
-            seen.setdefault((r["step"], r["rank"]), []).append(r["index"])
-    assert sorted(seen) == [(s, r) for s in range(steps) for r in range(2)]
-    for r in range(2):
-        order = batch_indices(n_train, 8, 2, r, 0, 0)
-        for s in range(steps):
-            expected = next(order).tolist()
-            assert all(got == expected for got in seen[(s, r)]), (s, r)
-        assert len(seen[(resumed_step, r)]) >= 1 and all(len(seen[(s, r)]) == 1 for s in range(resumed_step))
+    _assert_every_sample_once(tmp_path / "trace", n_train, steps, resumed_step)
