@@ -5,6 +5,7 @@ import pytest
 
 from raykd.config import ConfigError
 from raykd.train.tokenizer_pair import TokenizerPair
+from tests.data.test_token_alignment import _is_utf8
 
 TEXT = "Le café coûte 3€ — 日本語 🙂🙃\n\n   spaced   out\tend. The End."
 
@@ -48,7 +49,7 @@ def test_window_cut_inside_characters(toks):
     full = _student_window(student)
     keys = [pair.s_keys[i] for i in full]
     # find windows that start and end inside a multi-byte character (a token that is not UTF-8 on its own)
-    partial = [j for j, k in enumerate(keys) if isinstance(k, bytes) and not _utf8(k)]
+    partial = [j for j, k in enumerate(keys) if isinstance(k, bytes) and not _is_utf8(k)]
     assert len(partial) >= 2
     lo, hi = partial[0] + 1, partial[-1]  # begins after a first piece, ends before a last piece
     view = pair.teacher_view(full[lo:hi])
@@ -94,12 +95,6 @@ def _copy(tok):
     return copy.deepcopy(tok)
 
 
-def _utf8(b: bytes) -> bool:
-    try:
-        b.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _bpe_with_specials(text: str, vocab_size: int, eos: str, extra: list[str]):
