@@ -46,17 +46,23 @@ def _config_hash(sp: StagePlan, cfg: DistillConfig) -> str:
 
 
 def latest_checkpoint_step(storage: str, train_name: str) -> int | None:
-    """Step of the Ray Train checkpoint a re-run of `train_name` restores, if any.
+    """Step of the checkpoint a re-run of `train_name` continues from, if any.
 
-    Ray Train V2 restores the latest checkpoint its controller *registered* (checkpoint_manager_snapshot.json);
-    a checkpoint directory written just before a kill but never registered is not used, so it is not counted.
+    Ray Train V2 restores the latest checkpoint its controller *registered* (checkpoint_manager_snapshot.json).
+    Where it registered none (the driver was killed after a checkpoint was written but before the controller
+    recorded it), the newest whole checkpoint is handed to the loop instead (raykd/train/batches.py
+    resume_point); a half-written one is never counted.
     """
+    from raykd.train.batches import resume_point
+
     snapshot = Path(storage, train_name, "checkpoint_manager_snapshot.json")
     try:
         latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]
         return checkpoint_step(Path(storage, train_name, latest["checkpoint_dir_name"]))
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        pass
+    _, unrecorded = resume_point(storage, train_name)
+    return checkpoint_step(Path(unrecorded)) if unrecorded else None
 
 
 def _pipeline_params(cfg: PipelineConfig) -> dict[str, str]:

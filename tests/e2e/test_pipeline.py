@@ -76,7 +76,7 @@ def test_pipeline_killed_mid_stage_resumes_and_registers(tiny_teacher, tmp_path)
     log = (tmp_path / "second.log").read_text()
     assert "stages[0] (general): completed by an earlier run" in log
     restored = [int(x.split("step ")[1].split("/")[0]) for x in log.splitlines() if "resuming from its Ray Train checkpoint" in x]
-    assert restored and 4 <= restored[0] < 30, log[-3000:]
+    assert restored and 4 <= restored[0] < 30, "\n".join(x for x in log.splitlines() if "resum" in x or "checkpoint" in x)
     assert general_student.stat().st_mtime_ns == mtime  # not retrained
 
     client = MlflowClient(tree["mlflow"]["tracking_uri"])

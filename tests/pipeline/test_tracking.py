@@ -12,6 +12,7 @@ def test_completed_stages_recorded_on_the_parent_run(tmp_path):
     from raykd.pipeline.run import latest_checkpoint_step
     from raykd.pipeline.tracking import completed_stages, forget_stages_from, mark_stage_complete
     from raykd.tracking import tracked_run
+    from raykd.train.integrity import write_checksums
 
     uri = f"sqlite:///{tmp_path}/m.db"
     with tracked_run(uri, "e", "p") as parent:
@@ -36,4 +37,11 @@ def test_completed_stages_recorded_on_the_parent_run(tmp_path):
         (d / "state.json").write_text(json.dumps({"step": step}))
     snapshot = {"ray_version": "2.60.0", "latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_1", "metrics": {}}}
     (tmp_path / "run" / "checkpoint_manager_snapshot.json").write_text(json.dumps(snapshot))
+    assert latest_checkpoint_step(str(tmp_path), "run") == 10
+    # No checkpoint registered (killed before the controller's first record): the newest whole one on disk,
+    # which the loop then loads (raykd/train/batches.py resume_point).
+    (tmp_path / "run" / "checkpoint_manager_snapshot.json").unlink()
+    assert latest_checkpoint_step(str(tmp_path), "run") is None  # no checksums: none proven whole
+    for i in (0, 1):
+        write_checksums(tmp_path / "run" / f"checkpoint_{i}")
     assert latest_checkpoint_step(str(tmp_path), "run") == 10
