@@ -130,11 +130,16 @@ class StudentTrainer:
         from raykd.train.checkpoint import save_checkpoint
         from raykd.train.integrity import write_checksums
 
-        save_checkpoint(Path(directory), self.placed, self.optimizer, self.scheduler, step, self.objective,
-                        global_batch=self.global_batch, export=export, shard_size=self.tc.export_shard_size)
         placed = self.placed
-        if placed.rank == 0 or placed.fsdp:  # last: what this rank wrote, so a resume can tell a damaged copy
-            write_checksums(Path(directory), placed.rank, writers=placed.world if placed.fsdp else 1)
+        try:
+            save_checkpoint(Path(directory), placed, self.optimizer, self.scheduler, step, self.objective,
+                            global_batch=self.global_batch, export=export, shard_size=self.tc.export_shard_size)
+            if placed.rank == 0 or placed.fsdp:  # last: what this rank wrote, so a resume can tell a damaged copy
+                write_checksums(Path(directory), placed.rank, writers=placed.world if placed.fsdp else 1)
+        except Exception as e:  # a full disk surfaces from safetensors, torch.save or json alike
+            # Loud, in one line; nothing was handed to Ray Train, so the previous checkpoint stays the latest.
+            raise RuntimeError(f"the checkpoint of step {step} could not be written to {directory} "
+                               f"({type(e).__name__}: {e}); the previous checkpoint is kept") from e
 
     def load(self, directory: Path) -> int:
         """Every rank: restore model, optimizer, LR schedule and learnable loss parts; returns the step."""

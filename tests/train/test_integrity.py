@@ -116,3 +116,42 @@ def test_the_trainer_restarts_lost_workers_and_carries_the_batch_trace(monkeypat
         assert trainer.run_config.failure_config.max_failures == failures
         assert LoopConfig.from_train_loop_config(trainer.train_loop_config).batch_trace == "/tmp/trace-dir"
     assert DistillConfig().train.max_failures == 3  # on by default
+
+
+def test_a_full_disk_fails_the_checkpoint_loudly_and_keeps_the_previous_one(tmp_path):
+    """The disk fills while step 30's checkpoint is written. RLIMIT_FSIZE stands in for the full disk (no mount
+    needed): every writer (safetensors, torch.save, json) gets a short write and an error from the OS, as with
+    ENOSPC. The save fails in one line naming the step; step 20's checkpoint, written before, stays whole and is
+    the one a resume continues from (raykd/train/batches.py resume_point)."""
+    import resource
+    import signal
+    from types import SimpleNamespace
+
+    from raykd.train.batches import resume_point
+    from raykd.train.checkpoint import checkpoint_step
+    from raykd.train.student import StudentTrainer
+
+    placed, opt, sched, (first, latest) = _two_checkpoints(tmp_path)
+    trainer = object.__new__(StudentTrainer)  # the save path only: no data, no teacher
+    trainer.placed, trainer.optimizer, trainer.scheduler, trainer.objective = placed, opt, sched, None
+    trainer.world, trainer.tc = 1, SimpleNamespace(export_shard_size="5GB", batch_size=32, grad_accum_steps=1)
+    size = (latest / "model.safetensors").stat().st_size
+    target = latest.parent / "checkpoint_000002"
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write instead of the signal's core dump
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, hard))
+    try:
+        with pytest.raises(RuntimeError) as failed:
+            trainer.save(target, 30)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    message = str(failed.value)
+    assert message.startswith(f"the checkpoint of step 30 could not be written to {target} (")
+    assert message.endswith("); the previous checkpoint is kept") and "\n" not in message
+    written = target / "model.safetensors"
+    assert not written.exists() or written.stat().st_size < size  # the write really was cut short
+    assert checkpoint_step(target) is None and not list(target.glob("checksums.*"))  # never taken for a checkpoint
+    assert checksum_problem(latest) is None and whole_checkpoint(latest, print) == latest
+    assert resume_point(latest.parent.parent, latest.parent.name) == (10, str(latest))
