@@ -41,6 +41,7 @@ class TeacherInfo:
     replica: str = ""  # Serve replica id of the replica that answered
     pid: int = 0  # its process id (its vLLM engine runs in child processes)
     scored_requests: int = 0  # score requests that replica has answered so far (shows how load spreads)
+    in_flight: int = 0  # score requests that replica holds at this moment, scoring or queued (a fault test kills a busy one)
     scoring: str = ""  # how that replica scores: "engine-topk", "prompt_logprobs" (vLLM) or "transformers"
     scoring_note: str = ""  # engine-topk: the kernel in use; prompt_logprobs: why the fast path is not used
     variant: str = ""  # backend and dtype (TeacherConfig.signal_variant): with the fingerprint, keys the signal cache
@@ -72,7 +73,7 @@ class Teacher:
         b = self.backend
         self.info_ = TeacherInfo(model_path, fingerprint, cfg.backend, b.vocab_size, b.max_model_len, b.max_top_k,
                                  variant=cfg.signal_variant)
-        self._scored = 0
+        self._scored = self._in_flight = 0
         try:
             from ray import serve
 
@@ -84,7 +85,7 @@ class Teacher:
     async def info(self) -> TeacherInfo:
         await self.backend.start()  # the scoring path is chosen once the engine runs
         b = self.backend
-        return dataclasses.replace(self.info_, scored_requests=self._scored, scoring=b.scoring,
+        return dataclasses.replace(self.info_, scored_requests=self._scored, in_flight=self._in_flight, scoring=b.scoring,
                                    scoring_note=getattr(b, "scoring_note", ""))
 
     async def check_health(self) -> None:
@@ -114,7 +115,11 @@ class Teacher:
                              "(vLLM gives log-probs only); use teacher.backend: hf for hidden-state or attention "
                              "distillation")
         self._scored += 1  # requests actually scored (refused ones above are not)
-        return await self.backend.score(token_ids, top_k, extras, positions, labels)
+        self._in_flight += 1
+        try:
+            return await self.backend.score(token_ids, top_k, extras, positions, labels)
+        finally:
+            self._in_flight -= 1
 
     async def score_packed(
         self, token_ids: list[np.ndarray], top_k: int, extras: dict[str, list[int]] | None = None

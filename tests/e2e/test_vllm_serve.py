@@ -137,10 +137,12 @@ def test_killed_replica_is_replaced_and_no_batch_is_lost_or_doubled(app, batches
     refs = start_workers(batches)
     victim = None
     deadline = time.monotonic() + 300
-    while victim is None and time.monotonic() < deadline:  # kill a replica that is serving the workers
-        busy = [i for i in replica_infos(app, 8).values() if i.scored_requests > 0]
-        victim = max(busy, key=lambda i: i.scored_requests, default=None)
-    assert victim is not None and victim.pid
+    # Kill a replica at a moment it is scoring the workers' requests (its in-flight count), so the fault hits
+    # requests the workers must get back: proven below by their re-submissions.
+    while victim is None and time.monotonic() < deadline and len(ray.wait(refs, num_returns=2, timeout=0)[0]) < 2:
+        busy = [i for i in replica_infos(app, 8).values() if i.in_flight > 0]
+        victim = max(busy, key=lambda i: i.in_flight, default=None)
+    assert victim is not None and victim.pid, "no replica was caught scoring the workers' requests"
     engine_pids = [p.pid for p in psutil.Process(victim.pid).children(recursive=True)]
     assert engine_pids, "the replica should run its vLLM engine in child processes"
     os.kill(victim.pid, signal.SIGKILL)  # a crash, not a graceful shutdown
@@ -153,7 +155,8 @@ def test_killed_replica_is_replaced_and_no_batch_is_lost_or_doubled(app, batches
         for (ids, lps), (ref_ids, ref_lps) in zip(got, ref):  # in order, and identical to a clean run
             np.testing.assert_array_equal(ids, ref_ids)
             np.testing.assert_allclose(lps, ref_lps, atol=1e-5)
-    print(f"re-submitted after the kill: {retries} batch(es)")
+    print(f"re-submitted after the kill: {retries} batch(es); the replica held {victim.in_flight} just before it")
+    assert retries > 0, "the killed replica held none of the workers' requests"
 
     # Serve replaces the dead replica; its engine processes do not outlive it (no orphaned RAM).
     deadline = time.monotonic() + 900
