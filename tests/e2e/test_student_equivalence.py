@@ -1,6 +1,6 @@
 """The student's equivalences over 20 fp32 steps on the same seed and rows (raykd/train/student.py, parallel.py,
 checkpoint.py): grad_accum_steps=4 x micro-batch 2 == micro-batch 8 == 2 workers x 4, with loss masks that
-differ per row; FSDP == DDP on 2 gloo processes (also with the learnable projections and the discriminator,
+differ per row, and with the learnable projections and discriminator (their gradients averaged over workers); FSDP == DDP on 2 gloo processes (also with the learnable projections and the discriminator,
 and with the chunked loss); an FSDP run stopped at step 10 and resumed from its sharded checkpoint == an
 uninterrupted one. No Ray: tests/train/student_runs.py runs the workers' code on local processes.
 
@@ -34,10 +34,23 @@ def test_accumulation_and_workers_change_nothing_but_memory(tiny_teacher):
     plain = train_case(tiny_teacher, batch_size=8, lr=1e-3, steps=5)
     for k, v in plain["student"].items():
         np.testing.assert_array_equal(ac["student"][k], v, err_msg=k)
-    ddp2, fsdp2 = run_spmd(2, train_cases, tiny_teacher, [dict(batch_size=4, lr=1e-3, strategy=s) for s in ("ddp", "fsdp")])[0]
+    # The learnable loss parts (hidden-state projections, discriminator) live outside DDP/FSDP: their gradients
+    # are averaged over the workers by the objective. 2 workers x 4 == 1 worker x 8 for them too, with rows of
+    # equal weight (the discriminator's step is a mean over each worker's rows: equal only when the workers have
+    # as many unmasked rows, docs/methods.md).
+    one_f = train_case(tiny_teacher, batch_size=8, lr=1e-3, loss=FEATURES, steps=8, masks=False)
+    cases = [dict(batch_size=4, lr=1e-3, strategy=s) for s in ("ddp", "fsdp")]
+    cases.append(dict(batch_size=4, lr=1e-3, strategy="ddp", loss=FEATURES, steps=8, masks=False))
+    ddp2, fsdp2, ddp2_f = run_spmd(2, train_cases, tiny_teacher, cases)[0]
     for k, v in one["student"].items():
         np.testing.assert_allclose(ddp2["student"][k], v, rtol=0, atol=1e-5, err_msg=k)
         np.testing.assert_allclose(fsdp2["student"][k], v, rtol=0, atol=1e-5, err_msg=k)
+    for k, v in one_f["student"].items():
+        np.testing.assert_allclose(ddp2_f["student"][k], v, rtol=0, atol=1e-5, err_msg=k)
+    for part in ("projector", "adversary"):
+        assert one_f["objective"][part]
+        for name, t in one_f["objective"][part].items():
+            torch.testing.assert_close(ddp2_f["objective"][part][name], t, rtol=0, atol=1e-5)
 
 
 FEATURES = {"hidden": {"weight": 0.1, "layer_map": {1: 1, 2: 2}}, "adversarial": {"weight": 0.05, "warmup_steps": 2}}
