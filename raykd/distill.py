@@ -138,6 +138,7 @@ def evaluate_all(cfg: DistillConfig, prep: Prepared, handle, student_dirs: dict[
         gen = handle.generate.remote(prompts, cfg.eval.gen_tokens).result()
         rows = [teacher_row(signals, safetensors_param_count(prep.teacher_path), gen.tokens_per_second, rows=rows_mask)]
         top1 = np.asarray(signals.topk_ids[:, 0])
+        rows += other_teacher_rows(cfg, prep, val, top1, rows_mask, prompts)
     for name, d in student_dirs.items():
         rows.append(student_row(name, str(d), val, top1, prompts, cfg.eval.gen_tokens))
     if not cfg.eval.tasks.enabled:
@@ -148,6 +149,31 @@ def evaluate_all(cfg: DistillConfig, prep: Prepared, handle, student_dirs: dict[
     scores = score_task_suite(cfg, prep.teacher_path, handle, student_dirs)
     add_task_scores(rows, scores)
     return format_table(rows) + "\n\n" + format_task_table(scores), rows, scores
+
+
+def other_teacher_rows(cfg: DistillConfig, prep: Prepared, val, top1: np.ndarray, rows_mask: np.ndarray,
+                       prompts: list[np.ndarray]) -> list:
+    """With `teachers:`, a row per app after the primary, named `teacher <name>`, scored through its own Serve
+    app on the same held-out blocks as the primary (so a domain teacher's row shows its loss on general text
+    too); its top-1 agreement is with the primary, as the students' is. No task-suite scores for these."""
+    import dataclasses
+
+    from raykd.eval.table import teacher_row
+    from raykd.models import safetensors_param_count
+    from raykd.teacher.service import teacher_handle
+
+    if cfg.teachers is None:
+        return []
+    out = []
+    for app, resolved in zip(cfg.teachers.apps[1:], prep.teachers[1:]):
+        handle = teacher_handle(app.app_name)  # deployed for training (raykd/train/teachers.py launch_teachers)
+        signals = handle.score.remote(list(val.ids), 1).result()
+        gen = handle.generate.remote(prompts, cfg.eval.gen_tokens).result()
+        row = teacher_row(signals, safetensors_param_count(resolved.path), gen.tokens_per_second,
+                          name=f"teacher {app.name}", rows=rows_mask)
+        agree = float(np.mean((np.asarray(signals.topk_ids[:, 0]) == top1)[rows_mask]))
+        out.append(dataclasses.replace(row, top1_agreement=agree))
+    return out
 
 
 def student_row(name: str, model_dir: str, val, teacher_top1: np.ndarray, prompts: list[np.ndarray],

@@ -107,7 +107,8 @@ def test_records_tagged_math_are_scored_by_the_math_teacher_only(ray_cluster, te
         "mlflow": {"experiment": "multi-teacher", "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
     })
     with serve_app(MATH_APP):
-        run_id = run_distill(cfg)["run_id"]
+        result = run_distill(cfg)
+        run_id = result["run_id"]
         math_info = teacher_handle(MATH_APP).info.remote().result()
         general_info = general_handle.info.remote().result()
         _ensemble_of_the_two_apps(cfg, general_handle, teacher_handle(MATH_APP), tiny_teacher)
@@ -131,9 +132,14 @@ def test_records_tagged_math_are_scored_by_the_math_teacher_only(ray_cluster, te
     assert by_math and by_math <= math_blocks  # the math teacher scored math blocks, and only those
     assert by_general and by_general <= other_blocks and not by_general & math_blocks  # never a math block
 
-    # Requests counted by the math app itself agree with the trainer's per-teacher counters.
+    # Requests counted by the math app itself agree with the trainer's per-teacher counters (+1: the math
+    # teacher's own row of the evaluation table, scored on the held-out blocks).
     metrics = MlflowClient(cfg.mlflow.tracking_uri).get_run(run_id).data.metrics
-    assert math_info.scored_requests == metrics["signal_teacher_requests.math"] > 0
+    assert math_info.scored_requests == metrics["signal_teacher_requests.math"] + 1 > 1
+    rows = {r.model: r for r in result["rows"]}
+    assert list(rows) == ["teacher", "teacher math", "kd student"], list(rows)
+    assert "teacher math" in result["table"] and 0 <= rows["teacher math"].top1_agreement <= 1
+    assert metrics["eval_teacher_math_heldout_loss"] == pytest.approx(rows["teacher math"].heldout_loss)
     assert metrics["signal_teacher_sequences.math"] == len(by_math)
     assert metrics["signal_teacher_sequences.general"] == len(by_general)
     assert metrics["signal_teacher_requests"] == metrics["signal_teacher_requests.math"] + \
