@@ -170,7 +170,8 @@ def test_sigterm_ends_a_driver_cleanly_and_the_same_command_resumes(tmp_path, ti
     """`raykd distill` on an embedded cluster (a laptop run) gets SIGTERM mid-training (a preemption): while it
     runs nothing of it listens outside 127.0.0.0/8; then it exits 143 with one line, the MLflow run is KILLED,
     and no process of its cluster is left (Ray and Serve shut down). The same command, on a new embedded
-    cluster, continues that MLflow run from the last registered checkpoint and trains every sample of the
+    cluster, finds the latest registered checkpoint damaged (its weights truncated: a copy cut short), says so in
+    one line, continues that MLflow run from the previous checkpoint and trains every sample of the
     uninterrupted run exactly once (2 workers; the batch trace of raykd/train/batches.py). A driver SIGKILLed
     with no clean-up at all resumes in tests/e2e/test_pipeline.py."""
     import psutil
@@ -189,9 +190,9 @@ def test_sigterm_ends_a_driver_cleanly_and_the_same_command_resumes(tmp_path, ti
     snapshot = tmp_path / "cache" / "runs" / "preempted" / "checkpoint_manager_snapshot.json"
     deadline = time.time() + 600
     try:
-        # Stop once Ray Train has *registered* a checkpoint (its snapshot names it).
-        while time.time() < deadline and driver.poll() is None and "checkpoint_" not in _read(snapshot):
-            time.sleep(0.2)
+        # Stop once Ray Train has *registered* two checkpoints (its snapshot names them).
+        while time.time() < deadline and driver.poll() is None and _read(snapshot).count('"checkpoint_dir_name"') < 3:
+            time.sleep(0.2)  # (the latest is named twice: in the list and as the latest)
         assert driver.poll() is None, "the run ended early:\n" + _read(tmp_path / "driver.log")[-4000:]
         tree = [p.pid for p in psutil.Process(driver.pid).children(recursive=True)] + [driver.pid]
         listening = _listening(tree)
@@ -217,13 +218,23 @@ def test_sigterm_ends_a_driver_cleanly_and_the_same_command_resumes(tmp_path, ti
     outside = [s for s in listening if not _loopback(s[1])]
     assert all(name == "ray::RayTrainWorker" for name, _, _ in outside), outside
 
-    # The same command again: it continues the run from the checkpoint.
+    # The latest registered checkpoint is damaged on disk (a copy cut short): truncate its weights.
+    registered = json.loads(snapshot.read_text())
+    latest = snapshot.parent / registered["latest_checkpoint_result"]["checkpoint_dir_name"]
+    latest_step = registered["latest_checkpoint_result"]["metrics"]["step"]
+    weights = latest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+
+    # The same command again: it says so in one line and continues the run from the previous checkpoint.
     restart = time.time() * 1000
     second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-4000:]
+    damaged = [x for x in second.stderr.splitlines() if f"checkpoint {latest.name} is damaged" in x]
+    assert len(damaged) == 1 and "model.safetensors has 1000 bytes" in damaged[0], second.stderr[-3000:]
+    assert "resuming from the previous one" in damaged[0] and f"(step {latest_step - every})" in damaged[0]
     assert "resuming from step" in second.stderr, second.stderr[-3000:]
     resumed_step = int(second.stderr.split("resuming from step ")[1].split()[0])
-    assert every <= resumed_step < steps  # the stopped run had not finished
+    assert resumed_step == latest_step - every  # the stopped run had not finished
     assert_readable_console(second)  # an embedded cluster's start (and its teacher's deployment) says nothing either
     runs = client.search_runs([experiment])
     assert len(runs) == 1  # the stopped MLflow run was continued, not duplicated
