@@ -56,13 +56,14 @@ VARIANTS: dict[str, dict] = {
     "kd, lr 1e-2": dict(alpha=0.9, lr=1e-2),
     "hard, lr 1e-2": dict(alpha=0.0, lr=1e-2),
     "kd, 600 steps": dict(alpha=0.9, steps=600),
+    "kd, 400 training blocks (data.max_sequences=400)": dict(alpha=0.9, blocks=400),
 }
 TASK_LINE = re.compile(r"\n(\d{8})-(\d{8})=(\d+)\n")
 
 
-def load_setup(teacher: str, top_k: int = 20):
-    """(cfg, tokenizer, ids (100, 128), row kind (100, 127): 0 general, 1 prompt, 2 answer digit, 3 end marker,
-    mask, TeacherSignals of the 100 blocks after a pack/unpack round trip)."""
+def load_setup(teacher: str, top_k: int = 20, n_blocks: int | None = None):
+    """(cfg, tokenizer, ids (n, 128) (n: data.max_sequences), row kind (n, 127): 0 general, 1 prompt, 2 answer digit, 3 end marker,
+    mask, TeacherSignals of those blocks after a pack/unpack round trip)."""
     from transformers import AutoTokenizer
 
     from raykd.config import DistillConfig
@@ -78,7 +79,7 @@ def load_setup(teacher: str, top_k: int = 20):
                       [f"teacher.path={teacher}", "student.init_from_teacher=false"])
     tok = AutoTokenizer.from_pretrained(teacher)
     blocks, _ = pack_in_process(cfg.data, RecordEncoder(tok, cfg.data, None), pad_id(tok), plan_chunks(cfg.data))
-    n = cfg.data.max_sequences  # the training blocks are the first max_sequences (raykd/data/ingest.py split)
+    n = n_blocks or cfg.data.max_sequences  # the training blocks are the first max_sequences (raykd/data/ingest.py)
     ids, mask = blocks.ids[:n].astype(np.int64), blocks.mask[:n]
     backend = HFTeacherBackend(teacher)
     sig = backend.score(list(ids), top_k)
@@ -138,12 +139,12 @@ def train(teacher: str, variant: str, seed: int, per_level: int = 50) -> dict:
     from raykd.loss.schedules import lr_lambda
     from raykd.models import build_student
 
-    v = {"steps": 150, "lr": 3e-3, "alpha_warm": 0, "sampled_labels": False, **VARIANTS[variant]}
+    v = {"steps": 150, "lr": 3e-3, "alpha_warm": 0, "sampled_labels": False, "blocks": 100, **VARIANTS[variant]}
     alpha = v["alpha"]
     kd_t, ce_t = v.get("kd_task", alpha), v.get("ce_task", 1 - alpha)
     kd_g, ce_g = v.get("kd_gen", alpha), v.get("ce_gen", 1 - alpha)
     torch.set_num_threads(1)
-    cfg, tok, ids, kind, _, sig = load_setup(teacher)
+    cfg, tok, ids, kind, _, sig = load_setup(teacher, n_blocks=v["blocks"])
     B, L = ids.shape
     task = torch.as_tensor(kind > 0)
     TI = torch.as_tensor(sig.topk_ids).long().reshape(B, L - 1, -1)
@@ -156,7 +157,7 @@ def train(teacher: str, variant: str, seed: int, per_level: int = 50) -> dict:
     items = TaskSuite().test_items(per_level=per_level)
     rng, order, t0, last = np.random.default_rng(seed), [], time.time(), {}
     for step in range(v["steps"]):
-        if len(order) < 32:
+        if len(order) < 32:  # an epoch: every block once, in a seeded order
             order += list(rng.permutation(B))
         bi, order = order[:32], order[32:]
         x = torch.as_tensor(ids[bi])
