@@ -4,6 +4,7 @@ exact match.
 
     python benchmarks/cross_tokenizer_seeds.py                 # 3 seeds, ~12 min on 2 idle cores
     python benchmarks/cross_tokenizer_seeds.py --seeds 0 1 2 3 4
+    python benchmarks/cross_tokenizer_seeds.py --name cross_tokenizer_seeds_600 train.max_steps=600  # longer
 
 The student is built offline once (cached): raykd's tiny model builder with a vocabulary of 1024 byte-level BPE
 tokens trained on the same public-domain text (the teacher's has 2048: other merges, other ids), 2 layers x 64
@@ -97,6 +98,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--cache", help="raykd cache (default: a fresh temporary one: the first seed builds the teacher)")
+    p.add_argument("--name", default="cross_tokenizer_seeds", help="results file stem in benchmarks/results/")
+    p.add_argument("overrides", nargs="*", help="extra key=value overrides for every seed (e.g. train.max_steps=600)")
     a = p.parse_args()
 
     def log(msg: str) -> None:
@@ -112,7 +115,7 @@ def main() -> None:
         log(f"student with its own tokenizer: {student}")
         for seed in a.seeds:
             try:
-                row = qs.run_seed(seed, cache, store, [f"student.path={student}", *OVERRIDES], log)
+                row = qs.run_seed(seed, cache, store, [f"student.path={student}", *OVERRIDES, *a.overrides], log)
             except SystemExit as e:
                 meta.setdefault("failed", []).append(f"seed {seed}: {e}")
                 continue
@@ -123,7 +126,7 @@ def main() -> None:
     meta["load_end"] = qs.load()
     from common import write_results
 
-    write_results("cross_tokenizer_seeds", None, {"meta": meta, "seeds": rows}, lambda d: render(d["seeds"], d["meta"]))
+    write_results(a.name, None, {"meta": meta, "seeds": rows}, lambda d: render(d["seeds"], d["meta"]))
 
 
 if __name__ == "__main__":
