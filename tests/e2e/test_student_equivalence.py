@@ -1,6 +1,7 @@
 """The student's equivalences over 20 fp32 steps on the same seed and rows (raykd/train/student.py, parallel.py,
 checkpoint.py): grad_accum_steps=4 x micro-batch 2 == micro-batch 8 == 2 workers x 4, with loss masks that
-differ per row, and with the learnable projections and discriminator (their gradients averaged over workers); FSDP == DDP on 2 gloo processes (also with the learnable projections and the discriminator,
+differ per row, and with the learnable projections and discriminator (their gradients averaged over
+workers); FSDP == DDP on 2 gloo processes (also with the learnable projections and the discriminator,
 and with the chunked loss); an FSDP run stopped at step 10 and resumed from its sharded checkpoint == an
 uninterrupted one. No Ray: tests/train/student_runs.py runs the workers' code on local processes.
 
