@@ -146,7 +146,7 @@ def evaluate_all(cfg: DistillConfig, prep: Prepared, handle, student_dirs: dict[
     from raykd.eval.tasks import score_task_suite
 
     say("scoring the task suite (greedy decoding, exact match)")
-    scores = score_task_suite(cfg, prep.teacher_path, handle, student_dirs)
+    scores = score_task_suite(cfg, prep.teacher_path, handle, student_dirs, prep.chat_template)
     add_task_scores(rows, scores)
     return format_table(rows) + "\n\n" + format_task_table(scores), rows, scores
 

@@ -181,12 +181,20 @@ class TaskEvalConfig(StrictModel):
     levels: list[int] = Field(default_factory=lambda: [1, 2, 3, 4], min_length=1,
                               description="Difficulty levels (1..4: digits that must all be right = 2 x level).")
     per_level: int = Field(200, ge=1, description="Test prompts per level (level 1 has only 34).")
+    format: Literal["auto", "text", "chat"] = Field(
+        "auto", description="How problems are asked: text (the prompt line, stop at the line break) or chat (a user "
+        "turn through the chat template, stop at EOS); auto: chat when data.format is chat or records are given.")
+    records: str | None = Field(
+        None, description="A .jsonl of chat records to score instead of the generated suite: `messages` ending with "
+        "the assistant's answer, an optional `level` (python -m raykd.data.task_chat writes the suite this way).")
 
     @model_validator(mode="after")
     def _levels(self) -> "TaskEvalConfig":
         bad = [lv for lv in self.levels if lv not in (1, 2, 3, 4)]
         if bad:
             raise ValueError(f"levels must be among 1..4, got {bad}")
+        if self.records is not None and self.format == "text":
+            raise ValueError("records are chat records: they are asked in chat form (format auto or chat)")
         return self
 
 

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
-    "END", "FAMILIES", "LEVELS", "Problem", "TaskScore", "TaskSuite", "greedy_complete",
+    "END", "FAMILIES", "LEVELS", "Problem", "TaskScore", "TaskSuite", "chat_prompt", "end_marker_ids", "greedy_complete", "is_chat",
     "max_new_tokens", "mix_with_tasks", "model_completions", "parse_answer", "retention", "score_completions", "score_model", "split_of",
 ]
 
@@ -89,6 +89,10 @@ class Problem:
     def line(self) -> str:
         """One training line: the prompt without its leading break, the answer, the end marker."""
         return f"{self.prompt[len(END):]}{self.answer}{END}"
+
+    def is_correct(self, completion: str) -> bool:
+        """Whether `completion` (the text generated after the prompt) states the right answer."""
+        return parse_answer(completion, self.reverse) == self.result
 
 
 def parse_answer(completion: str, reverse: bool = False) -> int | None:
@@ -188,22 +192,22 @@ class TaskSuite:
         Levels are drawn by `level_weights`; deterministic in (`num_chars`, `seed`).
         """
         rnd = random.Random(f"{self.family}|train-text|{seed}")
-        levels = list(self.levels)
-        weights = [self.level_weights.get(lv, 1.0) for lv in levels]
         paras: list[str] = []
         total = 0
         while total < num_chars:
-            lines = []
-            for _ in range(rnd.randint(*lines_per_paragraph)):
-                while True:
-                    level = rnd.choices(levels, weights=weights)[0]
-                    p = self.sample(rnd, level)
-                    if split_of(p.prompt, level) == "train":
-                        break
-                lines.append(p.line)
-            paras.append("".join(lines))
+            paras.append("".join(self.train_problem(rnd).line for _ in range(rnd.randint(*lines_per_paragraph))))
             total += len(paras[-1]) + len(END)
         return END.join(paras)[:num_chars]
+
+    def train_problem(self, rnd: random.Random) -> Problem:
+        """One train-split problem, its level drawn by `level_weights` (training text and chat records)."""
+        levels = list(self.levels)
+        weights = [self.level_weights.get(lv, 1.0) for lv in levels]
+        while True:
+            level = rnd.choices(levels, weights=weights)[0]
+            p = self.sample(rnd, level)
+            if split_of(p.prompt, level) == "train":
+                return p
 
 
 def _paragraphs(text: str, target: int = 800) -> list[str]:
@@ -264,32 +268,40 @@ def retention(student: TaskScore, teacher: TaskScore, level: int | None = None) 
     return student.exact_match(level) / t if t > 0 else float("nan")
 
 
-def score_completions(items: Sequence[Problem], completions: Sequence[str]) -> TaskScore:
-    """Exact match of each completion (the text generated after the prompt) against its problem."""
+def score_completions(items: Sequence, completions: Sequence[str]) -> TaskScore:
+    """Exact match of each completion (the text generated after the prompt) against its item (a Problem, or
+    a ChatTask of raykd/data/task_chat.py: anything with `level` and `is_correct`)."""
     if len(items) != len(completions):
         raise ValueError(f"{len(items)} problems but {len(completions)} completions")
     correct: dict[int, int] = {}
     count: dict[int, int] = {}
     for p, c in zip(items, completions):
         count[p.level] = count.get(p.level, 0) + 1
-        correct[p.level] = correct.get(p.level, 0) + int(parse_answer(c, p.reverse) == p.result)
+        correct[p.level] = correct.get(p.level, 0) + int(p.is_correct(c))
     return TaskScore(correct, count)
 
 
-def max_new_tokens(p: Problem) -> int:
-    """Token budget: the answer's characters + the end marker (one token per digit at worst) + 1."""
+def max_new_tokens(p) -> int:
+    """Token budget: the answer's characters + the end marker (one token per character at worst) + 1."""
     return len(p.answer) + 2
 
 
-def greedy_complete(model, tokenizer, prompts: Sequence[str], max_new: int, batch_size: int = 128) -> list[str]:
+def end_marker_ids(tokenizer) -> list[int]:
+    """Every token whose text contains the end-of-answer marker (a plain-text answer stops at the first)."""
+    return sorted(i for t, i in tokenizer.get_vocab().items() if END in tokenizer.convert_tokens_to_string([t]))
+
+
+def greedy_complete(model, tokenizer, prompts: Sequence[str], max_new: int, batch_size: int = 128,
+                    stop_ids: list[int] | None = None) -> list[str]:
     """Greedy continuations (text after each prompt), batched: left padding + KV cache (HF generate).
 
-    A row stops at the first token whose text contains the end marker, or after `max_new` tokens.
+    A row stops at the first of `stop_ids` (default: a token containing the end marker), or after `max_new`
+    tokens.
     """
     import torch
 
-    vocab = tokenizer.get_vocab()
-    stop_ids = sorted(i for t, i in vocab.items() if END in tokenizer.convert_tokens_to_string([t]))
+    if stop_ids is None:
+        stop_ids = end_marker_ids(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out: list[str] = []
     was_training = model.training
@@ -307,19 +319,36 @@ def greedy_complete(model, tokenizer, prompts: Sequence[str], max_new: int, batc
     return out
 
 
-def model_completions(model, tokenizer, items: Sequence[Problem], batch_size: int = 128) -> list[str]:
-    """Greedy completions of every problem, batched by answer length (so each batch's budget is tight)."""
+def is_chat(item) -> bool:
+    """A ChatTask (raykd/data/task_chat.py: turns before the answer) rather than a plain-text Problem."""
+    return hasattr(item, "messages")
+
+
+def chat_prompt(task, tokenizer, template: str | None = None) -> str:
+    """What a chat model answers from: the turns before the answer + the template's generation prompt."""
+    from raykd.data.chat import render_prompt
+
+    return render_prompt(tokenizer, [{"role": r, "content": c} for r, c in task.messages], template)
+
+
+def model_completions(model, tokenizer, items: Sequence, batch_size: int = 128,
+                      chat_template: str | None = None) -> list[str]:
+    """Greedy completions of every item, batched by answer length (so each batch's budget is tight).
+
+    A Problem is asked as plain text and stops at the end marker; a ChatTask (raykd/data/task_chat.py) through
+    the chat template (`chat_template`, None: the tokenizer's) and stops at EOS."""
     completions = [""] * len(items)
-    groups: dict[int, list[int]] = {}
+    groups: dict[tuple[int, bool], list[int]] = {}
     for j, p in enumerate(items):
-        groups.setdefault(max_new_tokens(p), []).append(j)
-    for budget, idx in sorted(groups.items()):
-        texts = greedy_complete(model, tokenizer, [items[j].prompt for j in idx], budget, batch_size)
-        for j, t in zip(idx, texts):
+        groups.setdefault((max_new_tokens(p), is_chat(p)), []).append(j)
+    for (budget, chat), idx in sorted(groups.items()):
+        prompts = [chat_prompt(items[j], tokenizer, chat_template) if chat else items[j].prompt for j in idx]
+        stop = [tokenizer.eos_token_id] if chat else None
+        for j, t in zip(idx, greedy_complete(model, tokenizer, prompts, budget, batch_size, stop)):
             completions[j] = t
     return completions
 
 
-def score_model(model, tokenizer, items: Sequence[Problem], batch_size: int = 128) -> TaskScore:
-    """Greedy-decode every problem in-process and score it."""
-    return score_completions(items, model_completions(model, tokenizer, items, batch_size))
+def score_model(model, tokenizer, items: Sequence, batch_size: int = 128, chat_template: str | None = None) -> TaskScore:
+    """Greedy-decode every item in-process and score it."""
+    return score_completions(items, model_completions(model, tokenizer, items, batch_size, chat_template))

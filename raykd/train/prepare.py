@@ -42,6 +42,10 @@ def prepare(cfg: DistillConfig, field: str = "data") -> Prepared:
     from raykd.models import check_model_dir, model_fingerprint
 
     chunks = plan_chunks(cfg.data, field)  # data errors first: they are the cheapest to fix
+    if cfg.eval.tasks.enabled:  # the task records too: scored at the end, they must not fail there
+        from raykd.eval.tasks import task_items
+
+        task_items(cfg)
     if cfg.teacher.path is not None:
         check_model_dir(cfg.teacher.path, "teacher.path")
         teacher_path = cfg.teacher.path
@@ -75,6 +79,10 @@ def prepare(cfg: DistillConfig, field: str = "data") -> Prepared:
         check_vllm_teacher(teacher_path, cfg.teacher, top_k=cfg.loss.top_k, seq_len=cfg.data.seq_len)
     check_methods(cfg, t_config)  # layer maps, head counts, layer selection against the real models
     template = check_data(cfg, tokenizer, tokenizer_path, chunks, field)
+    if cfg.eval.tasks.enabled:
+        from raykd.eval.tasks import check_task_eval
+
+        check_task_eval(cfg, tokenizer, template, tokenizer_path)
     fingerprint = model_fingerprint(teacher_path)
     if cfg.signals.offline_path:  # captured signals of this teacher (coverage is checked while training)
         from raykd.signals.store import check_offline

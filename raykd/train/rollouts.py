@@ -25,13 +25,22 @@ asynchronous RL). With S = 0 a step's rollouts are written right before it, with
 the worker waits for the teacher. On-policy steps with nothing pending (the first S steps of a run or of a resumed
 run) are written at once (staleness 0). `rollout_staleness` logs the staleness actually trained on.
 
+Overlap. Rollouts written ahead (S > 0) are generated on a background thread while the step trains: engine hf
+samples with a copy of the student taken at the write (the weights of step n, so the tokens are exactly those a
+synchronous write would give; it costs one more copy of the student's weights, on its own CUDA stream on a GPU),
+engine vllm waits for its deployment there; the thread then sends the sequences to the teacher. The step that
+trains on them waits for what is not done yet (`rollout_generation_wait_s`, beside `rollout_teacher_wait_s`).
+
 Pure torch + numpy (the teacher is a callable returning something with `.result()`): tests run it without Ray.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +123,13 @@ class _Pending:
     batch: StepBatch
     response: Any  # .result() -> packed signals (bytes / Arrow table) or TeacherSignals
     written_at: int  # the step whose weights wrote it
+    gen_seconds: float = 0.0
+
+
+def _done(value: Any) -> Future:
+    fut: Future = Future()
+    fut.set_result(value)
+    return fut
 
 
 class OnPolicyRollouts:
@@ -127,10 +143,13 @@ class OnPolicyRollouts:
         self.student, self.score, self.fingerprint = student, score, fingerprint
         self.rank, self.device = rank, torch.device(device)
         self.top_k = 1 if self.op.objective == "sampled_reverse_kl" else cfg.loss.top_k
-        self.pending: dict[int, _Pending] = {}
+        self.pending: dict[int, Future] = {}  # step -> Future[_Pending] (done at once when written synchronously)
         self.wait_seconds = 0.0  # cumulative time blocked on the teacher for rollouts
         self.teacher_tokens = 0  # cumulative tokens sent to the teacher for rollouts
-        self._window = {"steps": 0, "on": 0, "gen_tokens": 0, "gen_seconds": 0.0, "staleness": 0.0, "wait": 0.0}
+        self._window = {"steps": 0, "on": 0, "gen_tokens": 0, "gen_seconds": 0.0, "staleness": 0.0, "wait": 0.0,
+                        "gen_wait": 0.0}
+        self._pool: ThreadPoolExecutor | None = None  # the background writer (rollouts written ahead)
+        self._copy: Any = None  # engine hf: the student's weights at the last write ahead
 
     def on_policy(self, step: int) -> bool:
         return on_policy_step(step, self.op.fraction)
@@ -145,29 +164,58 @@ class OnPolicyRollouts:
 
         return fn
 
-    def _write(self, step: int, data: StepBatch, written_at: int) -> None:
-        """Sample continuations of `data`'s prompts (hf: the current weights, `written_at`; vllm: the deployment's
-        last sync); send prompt + continuation to the teacher."""
+    def _write(self, step: int, data: StepBatch, written_at: int, ahead: bool = False) -> None:
+        """Sample continuations of `data`'s prompts (hf: the weights of step `written_at`; vllm: the deployment's
+        last sync) and send prompt + continuation to the teacher; `ahead`: on the background thread."""
         op = self.op
         prompts = rollout_prompts(data.ids, data.mask, op.prompt, op.prompt_tokens)
         seed = self.cfg.seed * 1_000_003 + step * 7919 + self.rank * 104_729  # vllm: prompt b draws with seed + b
-        start = time.perf_counter()
         if self.engine is not None:  # the rollout deployment, serving the weights of its last sync
             written_at = self.engine.version
+        if not ahead:
+            self.pending[step] = _done(self._generate_and_send(prompts, seed, data, written_at, self.student, None))
+            return
+        model, after = None, None
+        if self.engine is None:  # a copy of this step's weights: the student trains on while the copy writes
+            model = self._snapshot()
+            after = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="raykd-rollouts")
+        self.pending[step] = self._pool.submit(self._generate_and_send, prompts, seed, data, written_at, model, after)
+
+    def _snapshot(self) -> Any:
+        with torch.no_grad():
+            if self._copy is None:
+                self._copy = copy.deepcopy(self.student)
+            else:
+                for dst, src in zip(self._copy.state_dict().values(), self.student.state_dict().values()):
+                    dst.copy_(src)
+        return self._copy
+
+    def _generate_and_send(self, prompts: np.ndarray, seed: int, data: StepBatch, written_at: int, model: Any,
+                           after: Any) -> _Pending:
+        op = self.op
+        start = time.perf_counter()
+        if self.engine is not None:
             cont = self.engine.generate(prompts, op.max_new_tokens, op.temperature, op.top_p, seed)
         else:
-            gen = torch.Generator().manual_seed(seed)
-            cont = sample_continuations(self.student, torch.as_tensor(prompts, dtype=torch.long, device=self.device),
-                                        op.max_new_tokens, op.temperature, op.top_p, gen).cpu().numpy()
-        self._window["gen_seconds"] += time.perf_counter() - start
-        self._window["gen_tokens"] += cont.size
+            stream = None
+            if after is not None:  # a GPU: a stream of its own, after the copy the trainer's stream made
+                stream = torch.cuda.Stream(self.device)
+                stream.wait_stream(after)
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                gen = torch.Generator().manual_seed(seed)
+                cont = sample_continuations(model, torch.as_tensor(prompts, dtype=torch.long, device=self.device),
+                                            op.max_new_tokens, op.temperature, op.top_p, gen).cpu().numpy()
+        gen_seconds = time.perf_counter() - start
         batch = rollout_batch(prompts, cont, data)
-        self.teacher_tokens += batch.ids.size
-        self.pending[step] = _Pending(batch, self.score(list(batch.ids), self.top_k), written_at)
+        return _Pending(batch, self.score(list(batch.ids), self.top_k), written_at, gen_seconds)
 
     def after_step(self, step: int, placed: Any) -> None:
         """After step `step`'s update (every worker): engine vllm pushes the weights every sync_every steps."""
         if self.engine is not None and (step + 1) % self.op.sync_every == 0:
+            for fut in self.pending.values():  # no generation runs while the deployment reloads its weights
+                fut.result()
             self.engine.sync(placed, step + 1)
 
     def step_batch(self, step: int, data: StepBatch, signals: Any) -> tuple[StepBatch, Any, bool]:
@@ -179,17 +227,23 @@ class OnPolicyRollouts:
             self._write(step, data, step)
         ahead = step + op.max_staleness
         if op.max_staleness and ahead <= last and self.on_policy(ahead) and ahead not in self.pending:
-            self._write(ahead, data, step)  # scored by the teacher while this step trains
+            self._write(ahead, data, step, ahead=True)  # written and scored while this step trains
         if not on:
             return data, signals, False
-        pending = self.pending.pop(step)
         start = time.perf_counter()
+        pending = self.pending.pop(step).result()  # the background writer's generation, if it is not done
+        written = time.perf_counter()
         rollout_signals = self._receive(pending.response.result())
-        waited = time.perf_counter() - start
+        waited = time.perf_counter() - written
         self.wait_seconds += waited
-        self._window["on"] += 1
-        self._window["wait"] += waited
-        self._window["staleness"] += step - pending.written_at
+        self.teacher_tokens += pending.batch.ids.size
+        w = self._window
+        w["on"] += 1
+        w["wait"] += waited
+        w["gen_wait"] += written - start
+        w["gen_seconds"] += pending.gen_seconds
+        w["gen_tokens"] += pending.batch.ids.size - pending.batch.ids.shape[0] * op.prompt_tokens
+        w["staleness"] += step - pending.written_at
         return pending.batch, rollout_signals, True
 
     def _receive(self, reply: Any) -> Any:
@@ -203,8 +257,8 @@ class OnPolicyRollouts:
 
     def metrics(self) -> dict[str, float]:
         """The window's on-policy metrics since the last call, averaged over the workers (every worker calls it at
-        the same step): on_policy_fraction, rollout_tokens_per_s, rollout_staleness and rollout_teacher_wait_s
-        (means over the window's on-policy steps), rollout_teacher_tokens (cumulative, summed over workers)."""
+        the same step): on_policy_fraction, rollout_tokens_per_s, rollout_staleness, rollout_teacher_wait_s and
+        rollout_generation_wait_s (means over the window's on-policy steps), rollout_teacher_tokens (cumulative, summed over workers)."""
         w = self._window
         on = max(w["on"], 1)
         values = {
@@ -212,6 +266,7 @@ class OnPolicyRollouts:
             "rollout_tokens_per_s": w["gen_tokens"] / w["gen_seconds"] if w["gen_seconds"] > 0 else 0.0,
             "rollout_staleness": w["staleness"] / on,
             "rollout_teacher_wait_s": w["wait"] / on,
+            "rollout_generation_wait_s": w["gen_wait"] / on,
             "rollout_teacher_tokens": float(self.teacher_tokens),
         }
         self._window = {k: 0 * v for k, v in w.items()}

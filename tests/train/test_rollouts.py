@@ -223,3 +223,57 @@ def test_engine_vllm_worker_side_syncs_every_n_steps_and_logs_the_staleness(tiny
     prompts = torch.as_tensor(batches[0].ids[:, :8], dtype=torch.long)
     mine = sample_continuations(trainer.placed.student, prompts, 6, 0.0)
     np.testing.assert_array_equal(engine.generate(prompts.numpy(), 6, 0.0, 1.0, 0), mine.numpy())
+
+
+def test_rollouts_written_ahead_are_generated_while_the_step_trains(tiny_teacher, monkeypatch):
+    """max_staleness 1, every step on-policy: step n + 1's continuations are sampled on the background thread while
+    step n trains (the sampler, there, sees step n's training begin before it returns), from a copy of step n's
+    weights, so the run trains bit for bit as one whose writer runs each write at once on the main thread."""
+    import threading
+
+    import raykd.train.rollouts as rollouts_mod
+    from raykd.loss.objective import Objective
+    from raykd.train.student import MicroBatch, StudentTrainer
+
+    cfg, student, hf, score, fp, batches, calls = _setup(tiny_teacher, fraction=1.0, max_new_tokens=6, prompt_tokens=8,
+                                                        max_staleness=1)
+    real_sample = rollouts_mod.sample_continuations
+    training = {s: threading.Event() for s in range(len(batches))}
+    seen = []  # (thread name, the training step that had begun when the sampler returned)
+
+    def sample(*a, **kw):
+        out = real_sample(*a, **kw)
+        name = threading.current_thread().name
+        began = None
+        if name != "MainThread":  # the k-th write ahead was made at step k: wait for that step to begin training
+            now = sum(1 for n, _ in seen if n != "MainThread")  # (the main thread cannot pass step k + 1 without us)
+            assert training[now].wait(60), "the step never began training while its successor's rollouts were written"
+            began = max(s for s, e in training.items() if e.is_set())
+        seen.append((name, began))
+        return out
+
+    monkeypatch.setattr(rollouts_mod, "sample_continuations", sample)
+
+    def run(synchronous: bool):
+        state = {k: v.detach().numpy() for k, v in student.state_dict().items()}
+        trainer = StudentTrainer(cfg, student.config, state, Objective(cfg, student.config, use_teacher=True),
+                                 device=torch.device("cpu"))
+        rollouts = OnPolicyRollouts(cfg, trainer.placed.student, score, fp)
+        if synchronous:  # the writer runs each write at once, on this thread
+            rollouts._pool = type("Now", (), {"submit": staticmethod(lambda fn, *a: _done(fn(*a)))})()
+        for step, data in enumerate(batches):
+            data, signals, on = rollouts.step_batch(step, data, None)
+            training[step].set()
+            trainer.step(step, [MicroBatch(data.ids, signals, data.weight, data.mask, on)])
+        for e in training.values():
+            e.clear()
+        return {k: v.detach().clone() for k, v in trainer.placed.student.state_dict().items()}, rollouts.metrics()
+
+    threaded, m = run(synchronous=False)
+    assert [name.split("_")[0] for name, _ in seen] == ["MainThread"] + ["raykd-rollouts"] * 3
+    assert [s for _, s in seen[1:]] == [0, 1, 2]  # the rollouts of step n + 1 finished after step n began training
+    assert m["rollout_staleness"] == 0.75 and "rollout_generation_wait_s" in m  # (0 + 1 + 1 + 1) / 4
+    seen.clear()
+    sync, _ = run(synchronous=True)
+    assert [name for name, _ in seen] == ["MainThread"] * 4
+    assert threaded.keys() == sync.keys() and all(torch.equal(threaded[k], sync[k]) for k in sync)
