@@ -59,6 +59,8 @@ def metrics(store: Path, seed: int) -> dict[str, float]:
         for lv in LEVELS:
             if f"eval_{name}_task_em_L{lv}" in m:
                 out[f"{short}_em_L{lv}"] = m[f"eval_{name}_task_em_L{lv}"]
+        if f"eval_{name}_task_em" in m:
+            out[f"{short}_em"] = m[f"eval_{name}_task_em"]
     out["aligned_fraction"] = m.get("aligned_fraction", float("nan"))
     return out
 
@@ -78,7 +80,9 @@ def render(rows: list[dict], meta: dict) -> str:
              f"- command: `{meta['command']}`; per seed: `raykd distill --config {qs.CONFIG} seed=N "
              f"student.path=<student> \"{OVERRIDES[0]}\"`",
              f"- teacher: the quickstart's offline build (vocab 2048); student: {json.dumps(STUDENT)} (vocab 1024)",
-             *[f"- failed: {f}" for f in meta.get("failed", [])], "",
+             *[f"- failed: {f}" for f in meta.get("failed", [])],
+             *([f"- seeds kept from an earlier run of the same command: {meta['earlier']['date']}, load "
+                f"{meta['earlier']['load_start']} -> {meta['earlier']['load_end']}"] if "earlier" in meta else []), "",
              "Held-out loss: nats per STUDENT token on the quickstart's 128 held-out sequences (lower is better); "
              "task exact match per level L1..L4 (greedy).", "",
              "| seed | KD student | hard-label student | KD − hard | aligned rows | EM L1..L4 KD | EM L1..L4 hard | wall |",
@@ -91,6 +95,16 @@ def render(rows: list[dict], meta: dict) -> str:
         lines.append(f"| mean ± std | {statistics.mean(kd):.4f} ± {sd(kd):.4f} | {statistics.mean(hard):.4f} ± "
                      f"{sd(hard):.4f} | {statistics.mean(margins):+.4f} ± {sd(margins):.4f} | | | | |")
         lines += ["", f"KD better on held-out loss in {sum(x < 0 for x in margins)} of {len(rows)} seeds."]
+        def level_mean(m, short):
+            vals = [m[f"{short}_em_L{lv}"] for lv in LEVELS if f"{short}_em_L{lv}" in m]
+            return statistics.mean(vals) if vals else None
+
+        both = [(level_mean(r["metrics"], "kd"), level_mean(r["metrics"], "hard")) for r in rows]
+        both = [(k, h) for k, h in both if k is not None and h is not None]
+        if both:
+            lines.append("Task exact match, mean of the levels' exact match, KD vs hard: "
+                         + ", ".join(f"{k:.3f} vs {h:.3f}" for k, h in both)
+                         + f"; KD higher in {sum(k > h for k, h in both)} of {len(both)} seeds.")
     return "\n".join(lines) + "\n"
 
 
@@ -99,6 +113,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--cache", help="raykd cache (default: a fresh temporary one: the first seed builds the teacher)")
     p.add_argument("--name", default="cross_tokenizer_seeds", help="results file stem in benchmarks/results/")
+    p.add_argument("--add", action="store_true", help="keep the seeds already in the results file (e.g. rerun one "
+                   "that failed): these seeds replace theirs, the meta keeps both commands")
     p.add_argument("overrides", nargs="*", help="extra key=value overrides for every seed (e.g. train.max_steps=600)")
     a = p.parse_args()
 
@@ -124,6 +140,16 @@ def main() -> None:
             m = row["metrics"]
             log(f"seed {seed}: KD {m['kd_loss']:.4f} hard {m['hard_loss']:.4f} ({m['kd_loss'] - m['hard_loss']:+.4f})")
     meta["load_end"] = qs.load()
+    previous = Path(__file__).resolve().parent / "results" / f"{a.name}.json"
+    if a.add and previous.is_file():
+        old = json.loads(previous.read_text())
+        done = {r["seed"] for r in rows}
+        rows = sorted([r for r in old["seeds"] if r["seed"] not in done] + rows, key=lambda r: r["seed"])
+        failed = [f for f in old["meta"].get("failed", []) if int(f.split()[1].rstrip(":")) not in done]
+        meta = {**meta, "failed": failed + meta.get("failed", []),
+                "earlier": {k: old["meta"][k] for k in ("date", "command", "load_start", "load_end") if k in old["meta"]}}
+        if not meta["failed"]:
+            del meta["failed"]
     from common import write_results
 
     write_results(a.name, None, {"meta": meta, "seeds": rows}, lambda d: render(d["seeds"], d["meta"]))
