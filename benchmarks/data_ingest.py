@@ -202,12 +202,16 @@ def child_train(path: Path, teacher_path: str, steps: int, seeds: list[int], bat
     rows = []
     quarter = steps * batch * data.seq_len // 4
     for seed in seeds:
-        mem, _ = run(memory(seed), seed)
-        # as a run plans it (WINDOW_TOKENS per window: here one window, read before the first step)
-        streamed, first_s = run(stream(seed, WINDOW_TOKENS), seed)
-        # 4 windows: 3 read in the background while the student trains (a long run's steady state, compressed:
-        # each window read scans all the chunks, here every steps/4 steps instead of every 16M tokens)
-        streamed4, first4_s = run(stream(seed, quarter), seed)
+        # the three measurements in a rotated order per seed (seed 0: in-memory first, 1: second, 2: third), so
+        # that a drift of the machine's speed over the run does not favour one of them
+        # - as a run plans it (WINDOW_TOKENS per window: here one window, read before the first step)
+        # - 4 windows: 3 read in the background while the student trains (a long run's steady state, compressed:
+        #   each window read scans all the chunks, here every steps/4 steps instead of every 16M tokens)
+        jobs = [("mem", lambda: run(memory(seed), seed)), ("plan", lambda: run(stream(seed, WINDOW_TOKENS), seed)),
+                ("four", lambda: run(stream(seed, quarter), seed))]
+        k = seed % 3
+        out = {name: job() for name, job in jobs[-k:] + jobs[:-k]} if k else {name: job() for name, job in jobs}
+        (mem, _), (streamed, first_s), (streamed4, first4_s) = out["mem"], out["plan"], out["four"]
         rows.append({"seed": seed, "in_memory_tokens_per_s": mem, "streaming_tokens_per_s": streamed,
                      "ratio": streamed / mem, "streaming_first_batch_s": first_s,
                      "streaming_4_windows_tokens_per_s": streamed4, "ratio_4_windows": streamed4 / mem,
@@ -238,7 +242,7 @@ def write(results: dict) -> None:
     lines = [
         "# Data ingest through Ray Data (issue 14)", "",
         f"- date: {results['date']}", f"- machine: {m['cpu']}, {m['cpus']} CPUs, {m['memory_gib']} GiB, flags "
-        f"{' '.join(m['flags']) or 'none of avx512/amx'}; shared with other jobs (load averages below)",
+        f"{' '.join(m['flags']) or 'none of avx512/amx'} (load averages below)",
         f"- command: `{results['command']}`",
         f"- load average (1, 5, 15 min) at start: {results['load_start']}, at end: {results['load_end']}",
         f"- data: tinyshakespeare repeated; format text, seq_len {SEQ_LEN}, chunk_mb 4; tokenizer: the tiny teacher's "
@@ -264,8 +268,8 @@ def write(results: dict) -> None:
         f"Training: the tiny teacher's 2-layer 64-wide student, batch {train['batch']} x {train['seq_len']} tokens, "
         f"{train['steps']} steps per measurement, one thread, forward + masked CE + backward + AdamW; the stream is "
         f"the windows a Train worker reads (`StepOrderData` -> `step_batches`), the array is `BlockData.take` of "
-        f"all {train['blocks']:,} training blocks indexed in the same seeded order. Per seed: in-memory, then "
-        "the two streaming variants, in one process.", "",
+        f"all {train['blocks']:,} training blocks indexed in the same seeded order. Per seed the three "
+        "measurements run in one process, in an order rotated by seed (seed 0: in-memory first; 1: second; 2: last).", "",
         "Timed from asking for the first batch to the end of the last step, so the stream's wait for its first "
         "window counts (listed); the in-memory array is already in the process. `as planned`: the windows a run "
         "plans (16M tokens per worker: here one). `4 windows`: the steps cut in 4, the later 3 read in the "
@@ -318,7 +322,7 @@ def main() -> None:
     log(f"in-driver tokenization of {files[0].name}")
     results["in_driver"] = in_driver_tokenize(files[0], t_path)
     log(json.dumps(results["in_driver"]))
-    steps = 20 if args.quick else 120
+    steps = 20 if args.quick else 480  # ~10 s a measurement: 120 steps (2.5 s) swung the ratio by +-15 %
     log(f"training speed, streaming vs in-memory ({files[0].name}, {steps} steps x 3 seeds)")
     results["train"] = in_child("--child", "train", str(files[0]), t_path, str(steps), "0,1,2", "16")
     results["load_end"] = load()
