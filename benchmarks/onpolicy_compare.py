@@ -20,8 +20,9 @@ block length, so every method passes the same student tokens per step (students 
 
 Teacher tokens scored = (signal_cache_misses: data sequences scored) x seq_len + rollout_teacher_tokens; for seqkd
 the tokens the teacher generated (prompts x 96) are counted as well. Writes benchmarks/results/onpolicy_compare.json
-(after every run: a partial run leaves its finished rows) and .md (table, mean +- std over seeds, machine, load
-average, command), and logs every run to MLflow (experiment raykd-onpolicy-compare).
+(after every run: a partial run leaves its finished rows), .md (table, mean +- std over seeds, machine, load
+average, command) and .png (exact match by level, held-out loss), and logs every run to MLflow (experiment
+raykd-onpolicy-compare; `--tracking-uri sqlite:///mlflow.db` keeps them, the default store is temporary).
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def write(runs: list[dict], args, started: str, machine: str) -> None:
             "overrides": args.override}
     (RESULTS / "onpolicy_compare.json").write_text(json.dumps({**meta, "runs": runs}, indent=1) + "\n")
     teacher = runs[0]["teacher_em"] if runs else {}
-    md = [f"# On-policy vs off-policy distillation (benchmarks/onpolicy_compare.py)", "",
+    md = ["# On-policy vs off-policy distillation (benchmarks/onpolicy_compare.py)", "",
           f"- date: {started}", f"- machine: {machine}", f"- load average at start / now: {args.load_at_start} / "
           f"{load()}", f"- command: `{command}`",
           f"- budget: {args.steps} steps x 2 workers x 16 sequences x 128 tokens per method and seed; task suite "
@@ -134,6 +135,33 @@ def write(runs: list[dict], args, started: str, machine: str) -> None:
     (RESULTS / "onpolicy_compare.md").write_text("\n".join(md))
 
 
+def plot(runs: list[dict], path: Path) -> None:
+    """Exact match by level (mean ± std over seeds) and held-out loss, one mark per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (em_ax, loss_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
+    for i, method in enumerate(methods):
+        rs = [r for r in runs if r["method"] == method]
+        em = [[r["em"][str(lv)] for r in rs] for lv in LEVELS]
+        em_ax.errorbar([lv + (i - len(methods) / 2) * 0.04 for lv in LEVELS], [statistics.mean(v) for v in em],
+                       yerr=[statistics.stdev(v) if len(v) > 1 else 0 for v in em], marker="o", capsize=3,
+                       label=f"{method} ({len(rs)} seeds)")
+        losses = [r["heldout_loss"] for r in rs]
+        loss_ax.bar(i, statistics.mean(losses), yerr=statistics.stdev(losses) if len(losses) > 1 else 0, capsize=3)
+    em_ax.set(xlabel="difficulty level", ylabel="task exact match", xticks=list(LEVELS), ylim=(-0.05, 1.05),
+              title="task suite (greedy, exact match)")
+    em_ax.legend(fontsize=8)
+    loss_ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+    loss_ax.set(ylabel="held-out loss (nats/token)", title="held-out loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -141,8 +169,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--per-level", type=int, default=50)
     p.add_argument("--override", nargs="*", default=[], help="more key=value overrides for every run")
-    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--tracking-uri", default=None, help="MLflow store of the runs (default: a temporary one)")
+    p.add_argument("--plot-only", action="store_true", help="redraw the plot from benchmarks/results/onpolicy_compare.json")
     args = p.parse_args()
+    if args.plot_only:
+        plot(json.loads((RESULTS / "onpolicy_compare.json").read_text())["runs"], RESULTS / "onpolicy_compare.png")
+        return
     args.load_at_start = load()
     from common import describe, describe_line
 
@@ -161,6 +193,7 @@ def main() -> None:
                     runs.append(one_run(method, seed, args, Path(tmp)))
                     print(json.dumps(runs[-1]), flush=True)
                     write(runs, args, started, machine)
+                    plot(runs, RESULTS / "onpolicy_compare.png")
         finally:
             shutdown_ray(ray_started)
     print(summarize(runs))
