@@ -95,8 +95,8 @@ def check_on_policy(cfg) -> None:
     if cfg.train.strategy == "fsdp":
         raise ValueError("loss.on_policy with train.strategy fsdp is not supported yet (rollouts need the whole "
                          "student on each worker); use ddp")
-    if cfg.signals.loss_chunk_size:
-        raise ValueError("loss.on_policy with signals.loss_chunk_size is not supported yet; set it to null")
+    if isinstance(cfg.signals.loss_chunk_size, int):  # auto falls back to full logits with on-policy
+        raise ValueError("loss.on_policy with signals.loss_chunk_size is not supported yet; set it to null or auto")
     if loss.hidden.weight > 0 or loss.attention.weight > 0 or loss.adversarial.weight > 0:
         raise ValueError("loss.on_policy trains the token-level divergence only; set loss.hidden / loss.attention / "
                          "loss.adversarial weights to 0")

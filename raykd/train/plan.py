@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raykd.config import ConfigError, DistillConfig
+from raykd.config.distill import loss_chunk
 
 GIB = 1024**3
 GPU_RUNTIME_BYTES = 1.5 * GIB
@@ -116,7 +117,7 @@ def student_memory(cfg: DistillConfig, config: Any, counts: tuple[int, int, int]
     else:
         acts = n_layers * tokens * per_token_layer
     vocab = text.vocab_size
-    chunk = cfg.signals.loss_chunk_size
+    chunk = loss_chunk(cfg)
     if chunk:
         logits = min(chunk, tokens) * vocab * (4 * (LOSS_FP32_TENSORS + 1)) + tokens * h * 8
     else:

@@ -52,11 +52,12 @@ def merge_metrics(parts: list[dict[str, float]]) -> dict[str, float]:
 class StudentTrainer:
     def __init__(self, cfg: Any, s_config: Any, s_state: dict[str, np.ndarray], objective: Any, *,
                  device: torch.device, rank: int = 0, world: int = 1):
+        from raykd.config.distill import loss_chunk
         from raykd.train.chunked_objective import CHUNKED_FORWARD_KWARGS
 
         self.cfg, self.tc, self.objective = cfg, cfg.train, objective
         self.device, self.rank, self.world = device, rank, world
-        self.chunk = cfg.signals.loss_chunk_size  # memory-lean loss: no (B, L, V) logits
+        self.chunk = loss_chunk(cfg)  # memory-lean loss: no (B, L, V) logits (auto resolved)
         self.forward_kwargs = {**objective.model_kwargs(), **(CHUNKED_FORWARD_KWARGS if self.chunk else {})}
         # bf16 under DDP: autocast around the forward; under FSDP the MixedPrecisionPolicy casts instead.
         self.autocast = self.tc.precision == "bf16" and self.tc.strategy == "ddp"

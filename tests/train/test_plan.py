@@ -68,7 +68,8 @@ def test_each_knob_moves_the_term_it_should():
     assert ac.activations < base.activations / 10 and ac.parameters == base.parameters
     assert bf16.activations == base.activations / 2 and bf16.optimizer == base.optimizer
     assert more_workers.optimizer == base.optimizer / 2 and more_workers.activations == base.activations
-    unchunked = student_memory(DistillConfig.model_validate({**gpu_cfg().model_dump(), "signals": {}}), s)
+    full = {**gpu_cfg().model_dump(), "signals": {"loss_chunk_size": None}}  # null: the whole batch's logits
+    unchunked = student_memory(DistillConfig.model_validate(full), s)
     assert unchunked.logits > 3 * base.logits  # (4096 x 128k) logits vs 1024-row chunks
 
 
