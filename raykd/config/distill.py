@@ -20,7 +20,7 @@ from raykd.config.teacher import TeacherConfig
 from raykd.config.teachers import TeachersConfig, check_teachers
 
 # Rows per loss chunk when signals.loss_chunk_size is auto. Measured (benchmarks/results/loss_chunk.md): on
-# this CPU a (512, 4096) chunk's float32 work stays in cache, and a step of the peer_trl shape ran 1.8x faster
+# this CPU a (512, 4096) chunk's float32 work stays in cache, and a step of the peer_trl shape ran 1.5x faster
 # than with the batch's whole (4096, 4096) logits; on a GPU it is the memory-lean path at any vocabulary.
 AUTO_LOSS_CHUNK = 512
 
