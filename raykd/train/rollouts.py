@@ -177,6 +177,8 @@ class OnPolicyRollouts:
             return
         model, after = None, None
         if self.engine is None:  # a copy of this step's weights: the student trains on while the copy writes
+            for fut in self.pending.values():  # the copy is rewritten now: no earlier write may still sample with it
+                fut.result()
             model = self._snapshot()
             after = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
         if self._pool is None:

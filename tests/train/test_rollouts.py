@@ -227,8 +227,9 @@ def test_engine_vllm_worker_side_syncs_every_n_steps_and_logs_the_staleness(tiny
 
 def test_rollouts_written_ahead_are_generated_while_the_step_trains(tiny_teacher, monkeypatch):
     """max_staleness 1, every step on-policy: step n + 1's continuations are sampled on the background thread while
-    step n trains (the sampler, there, sees step n's training begin before it returns), from a copy of step n's
-    weights, so the run trains bit for bit as one whose writer runs each write at once on the main thread."""
+    step n trains (the sampler, there, starts only once step n's training began), from a copy of step n's weights
+    that no later write overwrites before it is done, so the run trains bit for bit as one whose writer runs each
+    write at once on the main thread."""
     import threading
 
     import raykd.train.rollouts as rollouts_mod
@@ -242,7 +243,6 @@ def test_rollouts_written_ahead_are_generated_while_the_step_trains(tiny_teacher
     seen = []  # (thread name, the training step that had begun when the sampler returned)
 
     def sample(*a, **kw):
-        out = real_sample(*a, **kw)
         name = threading.current_thread().name
         began = None
         if name != "MainThread":  # the k-th write ahead was made at step k: wait for that step to begin training
@@ -250,7 +250,7 @@ def test_rollouts_written_ahead_are_generated_while_the_step_trains(tiny_teacher
             assert training[now].wait(60), "the step never began training while its successor's rollouts were written"
             began = max(s for s, e in training.items() if e.is_set())
         seen.append((name, began))
-        return out
+        return real_sample(*a, **kw)  # sampled while step `began` trains, from the copy of the weights before it
 
     monkeypatch.setattr(rollouts_mod, "sample_continuations", sample)
 
@@ -271,7 +271,7 @@ def test_rollouts_written_ahead_are_generated_while_the_step_trains(tiny_teacher
 
     threaded, m = run(synchronous=False)
     assert [name.split("_")[0] for name, _ in seen] == ["MainThread"] + ["raykd-rollouts"] * 3
-    assert [s for _, s in seen[1:]] == [0, 1, 2]  # the rollouts of step n + 1 finished after step n began training
+    assert [s for _, s in seen[1:]] == [0, 1, 2]  # the rollouts of step n + 1 sampled after step n began training
     assert m["rollout_staleness"] == 0.75 and "rollout_generation_wait_s" in m  # (0 + 1 + 1 + 1) / 4
     seen.clear()
     sync, _ = run(synchronous=True)
