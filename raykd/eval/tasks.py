@@ -50,7 +50,8 @@ def check_task_eval(cfg: DistillConfig, tokenizer, template: str | None, tokeniz
         return
     if asks_chat(cfg) and template is None and not getattr(tokenizer, "chat_template", None):
         raise ConfigError(f"eval.tasks.format: the task suite is asked as chat but {tokenizer_path} has no chat "
-                          "template; give data.chat_template, or eval.tasks.format=text")
+                          "template; use a model with one, chat data with data.chat_template, or (without "
+                          "eval.tasks.records) eval.tasks.format=text")
 
 
 def _load(model_dir: str):
