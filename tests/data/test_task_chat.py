@@ -152,3 +152,16 @@ def test_a_model_taught_in_chat_form_answers_in_chat_form():
 
     served = served_completions(Served, tokenizer, tasks)
     assert served == [t.answer for t in tasks]
+
+
+def test_a_chat_form_suite_without_a_template_is_one_line():
+    from types import SimpleNamespace
+
+    from raykd.eval.tasks import check_task_eval
+
+    cfg = DistillConfig(data={"source": "x.jsonl", "format": "chat"}, eval={"tasks": {"enabled": True}})
+    with pytest.raises(ConfigError, match=r"^eval.tasks.format: the task suite is asked as chat but /m has no chat "
+                                          r"template; .*$"):
+        check_task_eval(cfg, SimpleNamespace(chat_template=None), None, "/m")
+    check_task_eval(cfg, SimpleNamespace(chat_template="{{ x }}"), None, "/m")  # the model's own: fine
+    check_task_eval(cfg, SimpleNamespace(chat_template=None), "{{ x }}", "/m")  # data.chat_template: fine
