@@ -40,8 +40,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
-    "END", "FAMILIES", "LEVELS", "Problem", "TaskScore", "TaskSuite", "chat_prompt", "end_marker_ids", "greedy_complete", "is_chat",
-    "max_new_tokens", "mix_with_tasks", "model_completions", "parse_answer", "retention", "score_completions", "score_model", "split_of",
+    "END", "FAMILIES", "LEVELS", "Problem", "TaskScore", "TaskSuite", "ask_text", "chat_prompt", "end_marker_ids",
+    "greedy_complete", "is_chat", "max_new_tokens", "mix_with_tasks", "model_completions", "parse_answer", "retention",
+    "score_completions", "score_model", "split_of",
 ]
 
 LEVELS = (1, 2, 3, 4)
@@ -331,6 +332,11 @@ def chat_prompt(task, tokenizer, template: str | None = None) -> str:
     return render_prompt(tokenizer, [{"role": r, "content": c} for r, c in task.messages], template)
 
 
+def ask_text(item, tokenizer, chat_template: str | None = None) -> str:
+    """The text a model continues to answer `item`: a Problem's prompt line, or a ChatTask's chat prompt."""
+    return chat_prompt(item, tokenizer, chat_template) if is_chat(item) else item.prompt
+
+
 def model_completions(model, tokenizer, items: Sequence, batch_size: int = 128,
                       chat_template: str | None = None) -> list[str]:
     """Greedy completions of every item, batched by answer length (so each batch's budget is tight).
@@ -342,7 +348,7 @@ def model_completions(model, tokenizer, items: Sequence, batch_size: int = 128,
     for j, p in enumerate(items):
         groups.setdefault((max_new_tokens(p), is_chat(p)), []).append(j)
     for (budget, chat), idx in sorted(groups.items()):
-        prompts = [chat_prompt(items[j], tokenizer, chat_template) if chat else items[j].prompt for j in idx]
+        prompts = [ask_text(items[j], tokenizer, chat_template) for j in idx]
         stop = [tokenizer.eos_token_id] if chat else None
         for j, t in zip(idx, greedy_complete(model, tokenizer, prompts, budget, batch_size, stop)):
             completions[j] = t

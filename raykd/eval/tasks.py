@@ -19,7 +19,8 @@ from pathlib import Path
 
 from raykd.config import ConfigError, DistillConfig
 from raykd.data.task_chat import as_chat, load_chat_tasks
-from raykd.data.task_suite import TaskScore, TaskSuite, chat_prompt, is_chat, max_new_tokens, score_completions, score_model
+from raykd.data.task_suite import (TaskScore, TaskSuite, ask_text, is_chat, max_new_tokens, score_completions,
+                                   score_model)
 
 
 IN_PROCESS_MAX_PARAMS = 100_000_000  # ~0.4 GB in float32: decoding it in the driver costs seconds
@@ -70,9 +71,8 @@ def served_completions(handle, tokenizer, items: list, chat_template: str | None
     for j, p in enumerate(items):
         groups.setdefault(max_new_tokens(p), []).append(j)
     for budget, idx in sorted(groups.items()):
-        texts = [chat_prompt(items[j], tokenizer, chat_template) if is_chat(items[j]) else items[j].prompt
-                 for j in idx]
-        prompts = [np.asarray(tokenizer.encode(t, add_special_tokens=False), np.int64) for t in texts]
+        prompts = [np.asarray(tokenizer.encode(ask_text(items[j], tokenizer, chat_template), add_special_tokens=False),
+                              np.int64) for j in idx]
         gen = handle.generate.remote(prompts, budget).result()
         for j, toks in zip(idx, gen.tokens):
             toks = [int(t) for t in toks]
