@@ -51,7 +51,8 @@ def main() -> None:
     from raykd.config import TinyTeacherConfig, VllmConfig
     from raykd.data.corpus import generate_corpus
     from raykd.teacher.hf_backend import HFTeacherBackend
-    from raykd.teacher.vllm_backend import VllmTeacherBackend, compare_signals
+    from raykd.teacher.logprob_arrays import compare_signals
+    from raykd.teacher.vllm_backend import VllmTeacherBackend
 
     model = args.model
     if model is None:

@@ -43,14 +43,7 @@ from raykd.config import ConfigError, TeacherConfig, VllmConfig
 from raykd.config.teacher import CPU_HEAD_SIZES
 from raykd.signals import TeacherSignals
 from raykd.teacher.backend import Generation
-from raykd.teacher.logprob_arrays import (  # noqa: F401 - compare_signals, tail_logprob: re-exported
-    compare_signals,
-    rows_from_flat,
-    signals_from_packed,
-    signals_from_rows,
-    split_packed,
-    tail_logprob,
-)
+from raykd.teacher.logprob_arrays import rows_from_flat, signals_from_packed, signals_from_rows, split_packed
 from raykd.teacher.vllm_topk import EXTENSION, EXTRA_KEY, load_engine_weights
 
 log = logging.getLogger(__name__)
@@ -181,16 +174,21 @@ class VllmTeacherBackend:
         self.cfg = cfg
         facts = model_facts(model_path, cfg)
         check_architecture(facts, model_path)
+        extra: dict[str, Any] = {}
         if current_platform.is_cpu():
+            from raykd.teacher.vllm_executor import QuietMultiprocExecutor
+
             check_head_size(facts, model_path, _cpu_head_sizes())
             # Read by the engine-core process this spawns. An explicit setting wins over the environment.
             if cfg.cpu_threads_bind != "auto" or "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
                 os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cfg.cpu_threads_bind
-        memory: dict[str, Any] = {}
+            # vLLM's executor less its busy wait for the worker's reply: on a CPU that spin takes most of a core
+            # the replica and the students need (raykd/teacher/vllm_executor.py). GPUs keep vLLM's default.
+            extra["distributed_executor_backend"] = QuietMultiprocExecutor
         if cfg.kv_cache_memory_bytes is not None:
-            memory["kv_cache_memory_bytes"] = cfg.kv_cache_memory_bytes
+            extra["kv_cache_memory_bytes"] = cfg.kv_cache_memory_bytes
         if cfg.gpu_memory_utilization is not None:
-            memory["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+            extra["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         args = AsyncEngineArgs(
             model=model_path,
             dtype=cfg.dtype,
@@ -204,7 +202,7 @@ class VllmTeacherBackend:
             disable_log_stats=True,
             seed=0,
             worker_extension_cls=EXTENSION if self._topk_importable() else "",
-            **memory,
+            **extra,
         )
         t0 = time.perf_counter()
         self.engine = AsyncLLM.from_engine_args(args)

@@ -65,7 +65,8 @@ def test_fsdp_bf16_accumulation_checkpointing_and_the_export_loads_in_vllm(tmp_p
     ref = HFTeacherBackend(str(student), dtype="float32").score(seqs, 5)
 
     from raykd.config import VllmConfig
-    from raykd.teacher.vllm_backend import VllmTeacherBackend, compare_signals
+    from raykd.teacher.logprob_arrays import compare_signals
+    from raykd.teacher.vllm_backend import VllmTeacherBackend
 
     loop = asyncio.new_event_loop()
     engine = VllmTeacherBackend(str(student), VllmConfig(dtype="float32", kv_cache_memory_bytes=64 << 20))

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from raykd.config import ConfigError, TeacherConfig, VllmConfig
-from raykd.teacher.vllm_backend import compare_signals
+from raykd.teacher.logprob_arrays import compare_signals
 
 from .vllm_agreement import (  # noqa: F401 - loop: a fixture
     check_mixed_requests, check_topk_paths_agree, heldout_with_ragged, loop)
@@ -96,6 +96,25 @@ def test_engine_topk_equals_prompt_logprobs_float32(loop, vllm_fp32, tiny_teache
     seqs = heldout_with_ragged(tiny_teacher)
     check_topk_paths_agree(loop, vllm_fp32, seqs, "float32")
     check_mixed_requests(loop, vllm_fp32, seqs)
+
+
+def test_engine_core_sleeps_while_the_worker_computes(loop, vllm_fp32, heldout):
+    """vLLM's engine core spins for its worker's reply (~0.85 of a core, measured); raykd's executor makes it wait
+    on the queue's socket (raykd/teacher/vllm_executor.py), so it uses a small share of a scoring burst."""
+    import time
+
+    import psutil
+
+    from raykd.teacher.vllm_executor import QuietMultiprocExecutor
+
+    assert vllm_fp32.engine.vllm_config.parallel_config.distributed_executor_backend is QuietMultiprocExecutor
+    core = [p for p in psutil.Process().children(recursive=True) if "EngineCore" in " ".join(p.cmdline())]
+    assert len(core) == 1, core
+    seqs = [np.resize(s, 256) for s in heldout]  # 16 x 256 tokens: 16 engine steps of this engine's 256 tokens
+    c0, t0 = sum(core[0].cpu_times()[:2]), time.perf_counter()
+    loop.run_until_complete(vllm_fp32.score(seqs, 20))
+    share = (sum(core[0].cpu_times()[:2]) - c0) / (time.perf_counter() - t0)
+    assert share < 0.3, f"the engine core used {share:.2f} of a core while the worker scored"
 
 
 def test_generation_is_greedy_and_consistent_with_scoring(loop, vllm_fp32, hf, heldout):

@@ -20,7 +20,7 @@ import json
 import numpy as np
 import pytest
 
-from raykd.teacher.vllm_backend import compare_signals
+from raykd.teacher.logprob_arrays import compare_signals
 
 KS = (1, 20, 64)
 

@@ -18,15 +18,8 @@ import pytest
 
 from raykd.config import ConfigError, TeacherConfig, TinyTeacherConfig
 from raykd.signals import signals_from_logprobs
-from raykd.teacher.vllm_backend import (
-    CPU_HEAD_SIZES,
-    check_vllm_teacher,
-    rows_from_flat,
-    signals_from_packed,
-    signals_from_rows,
-    split_packed,
-    tail_logprob,
-)
+from raykd.teacher.logprob_arrays import rows_from_flat, signals_from_packed, signals_from_rows, split_packed, tail_logprob
+from raykd.teacher.vllm_backend import CPU_HEAD_SIZES, check_vllm_teacher
 
 
 @dataclass
@@ -293,7 +286,7 @@ def test_gpu_replicas_config_is_consistent():
 
 
 def test_compare_signals_measures_disagreement():
-    from raykd.teacher.vllm_backend import compare_signals
+    from raykd.teacher.logprob_arrays import compare_signals
 
     rng = np.random.default_rng(3)
     lp = log_softmax(rng.normal(0, 2, (40, 100)))
