@@ -124,6 +124,10 @@ class VllmConfig(StrictModel):
         "auto", description="CPU only (VLLM_CPU_OMP_THREADS_BIND): 'auto' pins the engine to cores of its own and "
         "leaves one to the replica's front end; 'nobind' lets the OS place it (several replicas per node); or '0-3'.",
     )
+    busy_wait: bool = Field(
+        False, description="CPU only: true keeps vLLM's engine core spinning while its worker computes (vLLM's "
+        "default; most of a core); false waits in 1 ms polls (raykd/teacher/vllm_executor.py). GPUs keep vLLM's.",
+    )
 
 
 class TeacherAutoscalingConfig(StrictModel):

@@ -21,6 +21,13 @@ from raykd.signals import TeacherSignals
 from raykd.teacher.backend import Generation
 
 
+def _fused_kernel() -> bool:
+    """Is the CPU top-k kernel importable (numba, which vLLM brings)? Else torch ops (exact, slower on a CPU)."""
+    import importlib.util
+
+    return importlib.util.find_spec("numba") is not None
+
+
 class HFTeacherBackend:
     def __init__(self, path: str, dtype: str = "float32", device: str | None = None, max_batch_tokens: int = 8192):
         import torch
@@ -36,6 +43,8 @@ class HFTeacherBackend:
         self.max_model_len = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self.max_batch_tokens = max_batch_tokens
         self.pad_id = int(self.model.config.pad_token_id or 0)
+        self._fused = self.device == "cpu" and _fused_kernel()
+
 
     def _check(self, sequences: list[np.ndarray], top_k: int) -> None:
         if not 1 <= top_k <= self.vocab_size:
@@ -138,26 +147,47 @@ class HFTeacherBackend:
             else:
                 rows_at = [torch.as_tensor(p) for p in positions]
                 targets = torch.cat([torch.as_tensor(t) for t in labels])
-            rows = torch.cat([logits[b, r] for b, r in enumerate(rows_at)]).float()  # (N, V)
-            targets = targets.to(rows.device)
-            lse = torch.logsumexp(rows, -1)  # (N,)
-            top_vals, top_ids = rows.topk(top_k, dim=-1)
-            if top_k < rows.shape[-1]:
-                # Exact tail mass: logsumexp over the logits that are not in the top-k.
-                tail = torch.logsumexp(rows.scatter(-1, top_ids, float("-inf")), -1) - lse
+            if self._fused:
+                top_ids, top_lp, tail, target = self._fused_rows(logits, rows_at, targets, top_k, positions is None)
             else:
-                tail = torch.full_like(lse, float("-inf"))
-            target = rows.gather(-1, targets[:, None])[:, 0] - lse
-            top_lp = top_vals - lse[:, None]
+                top_ids, top_lp, tail, target = self._torch_rows(logits, rows_at, targets, top_k)
         offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows_at])]).astype(np.int64)
         return TeacherSignals(
-            top_ids.to(torch.int32).cpu().numpy(),
-            top_lp.cpu().numpy(),
-            tail.cpu().numpy(),
-            target.cpu().numpy(),
-            offsets,
+            top_ids, top_lp, tail, target, offsets,
             self._extras(out, rows_at, extras, key_width) if extras else {},
         )
+
+    def _torch_rows(self, logits, rows_at: list, targets, top_k: int) -> tuple[np.ndarray, ...]:
+        """(ids, log-probs, tail, target) of the rows, by torch ops on the logits' device, exact tail mass."""
+        torch = self.torch
+        rows = torch.cat([logits[b, r] for b, r in enumerate(rows_at)]).float()  # (N, V)
+        targets = targets.to(rows.device)
+        lse = torch.logsumexp(rows, -1)  # (N,)
+        top_vals, top_ids = rows.topk(top_k, dim=-1)
+        if top_k < rows.shape[-1]:  # exact tail mass: logsumexp over the logits that are not in the top-k
+            tail = torch.logsumexp(rows.scatter(-1, top_ids, float("-inf")), -1) - lse
+        else:
+            tail = torch.full_like(lse, float("-inf"))
+        target = rows.gather(-1, targets[:, None])[:, 0] - lse
+        return (top_ids.to(torch.int32).cpu().numpy(), (top_vals - lse[:, None]).cpu().numpy(), tail.cpu().numpy(),
+                target.cpu().numpy())
+
+    def _fused_rows(self, logits, rows_at: list, targets, top_k: int, causal: bool) -> tuple[np.ndarray, ...]:
+        """The same on CPU in one pass per row (raykd/teacher/topk_kernel.py, the vLLM path's kernel): no (N, V)
+        copies, a tail from the top-k in float64 (raykd/teacher/logprob_arrays.py). A causal sequence's rows
+        0..n-2 are a contiguous view of its logits."""
+        from raykd.teacher.logprob_arrays import tail_logprob
+        from raykd.teacher.topk_kernel import topk_packed
+
+        packed = np.empty((int(sum(len(r) for r in rows_at)), 2 * top_k + 1), np.float32)
+        a = 0
+        for b, r in enumerate(rows_at):
+            n = len(r)
+            topk_packed(logits[b, :n] if causal else logits[b, r], targets[a : a + n], top_k, packed[a : a + n])
+            a += n
+        lp = np.ascontiguousarray(packed[:, :top_k])
+        return (np.ascontiguousarray(packed[:, top_k : 2 * top_k]).view(np.int32), lp,
+                tail_logprob(lp, logits.shape[-1]), np.ascontiguousarray(packed[:, 2 * top_k]))
 
     def generate(self, prompts: list[np.ndarray], max_new_tokens: int, temperature: float = 0.0) -> Generation:
         """Greedy (temperature 0) or sampled continuations, one prompt at a time (no padding effects)."""

@@ -184,7 +184,8 @@ class VllmTeacherBackend:
                 os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cfg.cpu_threads_bind
             # vLLM's executor less its busy wait for the worker's reply: on a CPU that spin takes most of a core
             # the replica and the students need (raykd/teacher/vllm_executor.py). GPUs keep vLLM's default.
-            extra["distributed_executor_backend"] = QuietMultiprocExecutor
+            if not cfg.busy_wait:
+                extra["distributed_executor_backend"] = QuietMultiprocExecutor
         if cfg.kv_cache_memory_bytes is not None:
             extra["kv_cache_memory_bytes"] = cfg.kv_cache_memory_bytes
         if cfg.gpu_memory_utilization is not None:
