@@ -41,7 +41,8 @@ def plot_histories(uri: str, runs: dict[str, str], keys: list[str], path: str | 
         ax.set_title(key)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[1]:  # a run resumed at its last step logs no curve: no legend to draw
+            ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
