@@ -45,7 +45,6 @@ class HFTeacherBackend:
         self.pad_id = int(self.model.config.pad_token_id or 0)
         self._fused = self.device == "cpu" and _fused_kernel()
 
-
     def _check(self, sequences: list[np.ndarray], top_k: int) -> None:
         if not 1 <= top_k <= self.vocab_size:
             raise ValueError(f"top_k={top_k} must be in [1, vocab_size={self.vocab_size}]")
